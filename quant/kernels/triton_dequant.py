@@ -1,0 +1,111 @@
+"""Triton dequantization kernels for the types the DiT and the text encoder use most (Q8_0, Q4_K, Q5_K, Q6_K).
+
+One program dequantizes `ROWS` blocks into a [ROWS, block_size] tile; arithmetic is float32 in ggml's order,
+so results equal the torch reference (quant/dequant_legacy.py, dequant_k.py) bit for bit. Used on CUDA when
+Triton is importable (`ZIT_TRITON=0` disables it); under `TRITON_INTERPRET=1` the same kernels run on the CPU,
+which is how the tests check them without a GPU.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import triton
+import triton.language as tl
+
+_OUT = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+@triton.jit
+def _f16_at(base, off):
+    lo = tl.load(base + off).to(tl.uint16)
+    hi = tl.load(base + off + 1).to(tl.uint16)
+    return (lo | (hi << 8)).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _q8_0_kernel(src, dst, n_blocks, ROWS: tl.constexpr, OUT: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    mask = rows < n_blocks
+    base = src + rows.to(tl.int64) * 34
+    d = _f16_at(base, 0)
+    cols = tl.arange(0, 32)
+    q = tl.load(base[:, None] + 2 + cols[None, :], mask=mask[:, None], other=0).to(tl.int8, bitcast=True)
+    y = q.to(tl.float32) * d[:, None]
+    tl.store(dst + rows.to(tl.int64)[:, None] * 32 + cols[None, :], y.to(OUT), mask=mask[:, None])
+
+
+@triton.jit
+def _scale_min_k4(base, j):
+    """6-bit (scale, min) of sub-block j (0..7) from the 12 scale bytes at offset 4."""
+    s_j = tl.load(base + 4 + j).to(tl.int32)
+    s_j4 = tl.load(base + 4 + tl.minimum(j + 4, 11)).to(tl.int32)
+    s_jm4 = tl.load(base + 4 + tl.maximum(j - 4, 0)).to(tl.int32)
+    low = j < 4
+    sc = tl.where(low, s_j & 63, (s_j4 & 15) | ((s_jm4 >> 6) << 4))
+    mn = tl.where(low, s_j4 & 63, (s_j4 >> 4) | ((s_j >> 6) << 4))
+    return sc, mn
+
+
+@triton.jit
+def _k4_family_kernel(src, dst, n_blocks, ROWS: tl.constexpr, OUT: tl.constexpr, HIGH_BIT: tl.constexpr):
+    """Q4_K (HIGH_BIT=0: 144-byte blocks, qs at 16) and Q5_K (HIGH_BIT=1: 176-byte blocks, qh at 16, qs at 48)."""
+    BLOCK_BYTES: tl.constexpr = 176 if HIGH_BIT else 144
+    QS: tl.constexpr = 48 if HIGH_BIT else 16
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    mask = rows < n_blocks
+    base = src + rows.to(tl.int64) * BLOCK_BYTES
+    e = tl.arange(0, 256)
+    j = e // 32
+    lane = e % 32
+    d = _f16_at(base, 0)
+    dmin = _f16_at(base, 2)
+    bptr = base[:, None]
+    sc, mn = _scale_min_k4(bptr, j[None, :])
+    byte = tl.load(bptr + QS + 32 * (j // 2)[None, :] + lane[None, :], mask=mask[:, None], other=0).to(tl.int32)
+    q = (byte >> (4 * (j % 2))[None, :]) & 15
+    if HIGH_BIT:
+        qh = tl.load(bptr + 16 + lane[None, :], mask=mask[:, None], other=0).to(tl.int32)
+        q = q | (((qh >> j[None, :]) & 1) << 4)
+    y = (d[:, None] * sc.to(tl.float32)) * q.to(tl.float32) - dmin[:, None] * mn.to(tl.float32)
+    tl.store(dst + rows.to(tl.int64)[:, None] * 256 + e[None, :], y.to(OUT), mask=mask[:, None])
+
+
+@triton.jit
+def _q6_k_kernel(src, dst, n_blocks, ROWS: tl.constexpr, OUT: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    mask = rows < n_blocks
+    base = src + rows.to(tl.int64) * 210
+    e = tl.arange(0, 256)
+    half = e // 128
+    g = (e % 128) // 32
+    lane = e % 32
+    bptr = base[:, None]
+    d = _f16_at(base, 208)
+    ql = tl.load(bptr + (64 * half + 32 * (g % 2) + lane)[None, :], mask=mask[:, None], other=0).to(tl.int32)
+    ql = (ql >> (4 * (g // 2))[None, :]) & 15
+    qh = tl.load(bptr + (128 + 32 * half + lane)[None, :], mask=mask[:, None], other=0).to(tl.int32)
+    qh = (qh >> (2 * g)[None, :]) & 3
+    sc = tl.load(bptr + (192 + e // 16)[None, :], mask=mask[:, None], other=0).to(tl.int8, bitcast=True)
+    q = (ql | (qh << 4)) - 32
+    y = (d[:, None] * sc.to(tl.float32)) * q.to(tl.float32)
+    tl.store(dst + rows.to(tl.int64)[:, None] * 256 + e[None, :], y.to(OUT), mask=mask[:, None])
+
+
+def _launcher(kernel, block_size: int, rows: int, **constexprs) -> Callable[[torch.Tensor, torch.dtype], torch.Tensor]:
+    def run(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        n = blocks.shape[0]
+        out = torch.empty((n, block_size), dtype=dtype, device=blocks.device)
+        if n:
+            kernel[(triton.cdiv(n, rows),)](blocks.contiguous(), out, n, ROWS=rows, OUT=_OUT[dtype], **constexprs)
+        return out
+    return run
+
+
+# GGML type name → blocks [n, type_size] uint8 → [n, block_size] in dtype
+KERNELS: dict[str, Callable[[torch.Tensor, torch.dtype], torch.Tensor]] = {
+    "Q8_0": _launcher(_q8_0_kernel, 32, 64),
+    "Q4_K": _launcher(_k4_family_kernel, 256, 8, HIGH_BIT=0),
+    "Q5_K": _launcher(_k4_family_kernel, 256, 8, HIGH_BIT=1),
+    "Q6_K": _launcher(_q6_k_kernel, 256, 8),
+}

@@ -1,0 +1,83 @@
+"""`QuantModelPatcher`: ComfyUI's ModelPatcher for models with quantized weights (imports comfy).
+
+LoRA (and other weight patches) on a `QuantizedTensor` weight are never baked into the blocks:
+- plain LoRA patches become low-rank side computations on the layer (`layer.lora_side`);
+- any other patch type is applied to the dequantized weight at each use (`layer.weight_function`).
+Unquantized weights are patched exactly as core does. Patches are always attached at load time, also for
+layers that stay offloaded in low-VRAM mode (so the side path is used there too).
+"""
+from __future__ import annotations
+
+import comfy.lora
+import comfy.model_patcher
+import comfy.utils
+
+from .ops import LoRASide, QuantLayer, is_quantized
+
+
+def _lora_weights(adapter):
+    """(up, down, alpha, mid, dora_scale, reshape) of a plain LoRA patch, whatever the host's representation."""
+    if getattr(adapter, "name", None) == "lora" and hasattr(adapter, "weights"):
+        return adapter.weights
+    if isinstance(adapter, tuple) and len(adapter) == 2 and adapter[0] == "lora":
+        return adapter[1]
+    return None
+
+
+def split_lora_patches(patches: list) -> tuple[list[LoRASide], list]:
+    """Split a key's patch list into side-computable LoRAs and the rest."""
+    sides, rest = [], []
+    for patch in patches:
+        strength, adapter, strength_model, offset, function = (tuple(patch) + (None,) * 5)[:5]
+        weights = _lora_weights(adapter)
+        plain = (weights is not None and strength_model == 1.0 and offset is None and function is None
+                 and weights[3] is None and weights[4] is None and weights[5] is None
+                 and weights[0].ndim == 2 and weights[1].ndim == 2)
+        if not plain:
+            rest.append(patch)
+            continue
+        up, down, alpha = weights[0], weights[1], weights[2]
+        rank = down.shape[0]
+        scale = float(strength) * (float(alpha) / rank if alpha is not None else 1.0)
+        sides.append(LoRASide(down, up, scale))
+    return sides, rest
+
+
+class DequantizedPatch:
+    """Applies non-LoRA patches to a dequantized weight at use time."""
+
+    def __init__(self, key: str, patches: list) -> None:
+        self.key, self.patches = key, patches
+
+    def __call__(self, weight):
+        return comfy.lora.calculate_weight(self.patches, weight, self.key)
+
+
+class QuantModelPatcher(comfy.model_patcher.ModelPatcher):
+    """ModelPatcher that patches quantized layers beside the weight instead of into it."""
+
+    def patch_weight_to_device(self, key, device_to=None, inplace_update=False, *args, **kwargs):
+        if key in self.patches:
+            weight = comfy.utils.get_attr(self.model, key)
+            if is_quantized(weight):
+                module = comfy.utils.get_attr(self.model, key.rsplit(".", 1)[0])
+                sides, rest = split_lora_patches(self.patches[key])
+                module.lora_side = sides
+                module.weight_function = [DequantizedPatch(key, rest)] if rest else []
+                return weight if kwargs.get("return_weight") else None
+        return super().patch_weight_to_device(key, device_to, inplace_update, *args, **kwargs)
+
+    def load(self, *args, **kwargs):
+        kwargs["force_patch_weights"] = True  # attach patches to offloaded layers too (never LowVramPatch)
+        return super().load(*args, **kwargs)
+
+    def unpatch_model(self, *args, **kwargs):
+        for module in self.model.modules():
+            if isinstance(module, QuantLayer):
+                module.lora_side = []
+                module.weight_function = []
+        return super().unpatch_model(*args, **kwargs)
+
+    def partially_unload(self, *args, **kwargs):
+        kwargs["force_patch_weights"] = True
+        return super().partially_unload(*args, **kwargs)
