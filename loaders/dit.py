@@ -1,0 +1,160 @@
+"""Z-Image DiT loader: file → config inferred from the weights → `supported_models.ZImage` → MODEL."""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from . import host
+from .config import infer_zimage_dit_config
+from .detect import classify, describe, strip_known_prefix
+from .errors import ModelFileError
+from .dit_layouts import diffusers_to_comfy, is_diffusers_layout, shard_files, shard_index_for
+from .dit_quant_formats import apply_quant_format, has_scaled_weights
+from .gguf_io import densify_unowned, is_gguf, logical_shape, read_gguf_state_dict
+from .safetensors_file import load_tensors, read_header
+
+log = logging.getLogger(__name__)
+EXPECTED = "a Z-Image DiT (e.g. z_image_turbo_bf16.safetensors)"
+DIT_KINDS = ("zimage_dit", "zimage_dit_diffusers")
+# Parameters some hosts' NextDiT builds but Z-Image checkpoints never carry (unused by Z-Image's forward).
+UNUSED_MODEL_KEYS = frozenset({"norm_final.weight"})
+SCALE_KEY_MARKERS = ("scale_weight", "scale_input", "weight_scale", "input_scale", "comfy_quant")
+
+# weight_dtype choice → (storage dtype or None for the file's own, fp8 matmul optimisation)
+WEIGHT_DTYPES: dict[str, tuple[torch.dtype | None, bool]] = {
+    "default": (None, False),
+    "bf16": (torch.bfloat16, False),
+    "fp16": (torch.float16, False),
+    "fp32": (torch.float32, False),
+    "fp8_e4m3fn": (torch.float8_e4m3fn, False),
+    "fp8_e4m3fn_fast": (torch.float8_e4m3fn, True),
+    "fp8_e5m2": (torch.float8_e5m2, False),
+}
+
+
+def _fix_pad_tokens(sd: dict[str, torch.Tensor], dim: int) -> None:
+    """Pad tokens saved 1-D ([D] instead of [1, D]) by some converters load as [1, D]."""
+    for key in ("x_pad_token", "cap_pad_token"):
+        if key in sd and sd[key].ndim == 1 and sd[key].shape[0] == dim:
+            sd[key] = sd[key].reshape(1, dim)
+
+
+def allow_fp16(sd: dict[str, torch.Tensor], n_layers: int) -> bool:
+    """ComfyUI's fp16-safety probe: small spread of a late block's ffn_norm1 weight."""
+    key = f"layers.{n_layers - 2}.ffn_norm1.weight"
+    if key not in sd:
+        return False
+    value = sd[key]
+    value = value.dequantize(torch.float32) if hasattr(value, "dequantize") and hasattr(value, "quant_type") else value
+    return float(value.float().std()) < 0.42
+
+
+def check_zimage_dit(path: str | os.PathLike, shapes: dict) -> None:
+    """Raise ModelFileError unless `shapes` (prefix stripped) is a Z-Image DiT in ComfyUI layout."""
+    kind = classify(shapes)
+    if kind is None or kind.name not in DIT_KINDS:
+        hint = {"qwen3_te": "Load it with the Z-Image text encoder loader.",
+                "flux_vae": "Load it with the Z-Image VAE loader."}.get(kind.name if kind else "", "")
+        raise ModelFileError(path, EXPECTED, describe(shapes),
+                             hint or "Put Z-Image DiT files in models/diffusion_models.")
+
+
+def build_zimage_model(sd: dict[str, torch.Tensor], path: str | os.PathLike = "<state dict>",
+                       weight_dtype: str = "default", quantized: bool = False, metadata: dict | None = None):
+    """Build a ComfyUI ZImage MODEL (ModelPatcher) from a ComfyUI-layout state dict; config from shapes.
+
+    `quantized`: the state dict holds QuantizedTensors (GGUF): the model gets the pack's quantized ops and
+    patcher, and its compute dtype is chosen for the device (weights stay in their blocks).
+    """
+    import comfy.ldm.lumina.model
+    import comfy.model_management as mm
+    import comfy.supported_models
+    import comfy.utils
+
+    shapes = {k: logical_shape(v) for k, v in sd.items()}
+    check_zimage_dit(path, shapes)
+    config = infer_zimage_dit_config(shapes)
+    _fix_pad_tokens(sd, config["dim"])
+    config["allow_fp16"] = allow_fp16(sd, config["n_layers"])
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {weight_dtype!r}")
+    dtype, fp8_fast = WEIGHT_DTYPES[weight_dtype]
+
+    model_config = comfy.supported_models.ZImage(host.supported_unet_config(comfy.ldm.lumina.model.NextDiT, config))
+    load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
+    supported = list(model_config.supported_inference_dtypes)
+    host_scaled = False
+    if has_scaled_weights(sd, metadata):
+        sd, host_scaled = apply_quant_format(sd, metadata, model_config, path, EXPECTED)
+    file_dtype = None if (quantized or host_scaled) else comfy.utils.weight_dtype(sd)
+    unet_dtype = dtype or mm.unet_dtype(model_params=comfy.utils.calculate_parameters(sd), supported_dtypes=supported,
+                                        weight_dtype=file_dtype)
+    manual_cast_dtype = mm.unet_manual_cast(None if host_scaled else unet_dtype, load_device, supported)
+    host.set_inference_dtype(model_config, unet_dtype, manual_cast_dtype, load_device)
+    if quantized:
+        from ..quant.ops import QuantOps
+        model_config.custom_operations = QuantOps
+    if fp8_fast:
+        model_config.optimizations["fp8"] = True
+
+    model = model_config.get_model(sd, "")
+    expected_keys = set(model.diffusion_model.state_dict().keys())
+    missing = sorted(k for k in expected_keys - set(sd) - UNUSED_MODEL_KEYS
+                     if not any(m in k for m in SCALE_KEY_MARKERS))
+    if missing:
+        raise ModelFileError(path, EXPECTED + " with every tensor",
+                             f"{len(missing)} missing tensors ({', '.join(missing[:4])}…)",
+                             "The file is incomplete or a different model variant.")
+    if quantized:
+        from ..quant.patcher import QuantModelPatcher
+        densify_unowned(model.diffusion_model, sd)
+        _fix_pad_tokens(sd, config["dim"])
+        patcher = QuantModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    else:
+        patcher = host.new_model_patcher(model, load_device, offload_device)
+    if not mm.is_device_cpu(offload_device):
+        model.to(offload_device)
+    model.load_model_weights(sd, "", **({"assign": True} if host.patcher_assigns(patcher) else {}))
+    log.info("Z-Image DiT %s: dim %d, %d layers, %d refiner layers, %d heads, weights %s, compute %s",
+             os.path.basename(str(path)), config["dim"], config["n_layers"], config["n_refiner_layers"],
+             config["n_heads"], unet_dtype, manual_cast_dtype or unet_dtype)
+    return patcher
+
+
+def load_zimage_dit(path: str | os.PathLike, weight_dtype: str = "default"):
+    """Load a Z-Image DiT as a standard MODEL, whatever the file holds (recognised by content).
+
+    ComfyUI or diffusers layout; bf16/fp16/fp32, fp8, scaled fp8 or .comfy_quant safetensors, a shard of a
+    multi-file diffusers checkpoint (every shard of its index is loaded), or GGUF.
+    """
+    if is_gguf(path):
+        return load_zimage_dit_gguf(path, weight_dtype)
+    index = shard_index_for(path)
+    headers = [read_header(p, expected=EXPECTED) for p in (shard_files(index) if index else [path])]
+    all_shapes = {k: v for h in headers for k, v in h.shapes().items()}
+    prefix, shapes = strip_known_prefix(all_shapes)
+    check_zimage_dit(path, shapes)
+    sd: dict[str, torch.Tensor] = {}
+    for header in headers:
+        keys = [k for k in header.tensors if k.startswith(prefix)]
+        sd.update({k[len(prefix):]: v for k, v in load_tensors(header, keys).items()})
+    if is_diffusers_layout(sd):
+        sd = diffusers_to_comfy(sd)
+    return build_zimage_model(sd, path, weight_dtype, metadata=headers[0].metadata)
+
+
+GGUF_DIT_ARCHITECTURES = (None, "lumina2", "zimage", "z_image")
+
+
+def load_zimage_dit_gguf(path: str | os.PathLike, weight_dtype: str = "default"):
+    """A Z-Image DiT GGUF (city96-style or from this pack's quantizer): weights stay quantized."""
+    gguf = read_gguf_state_dict(path, EXPECTED)
+    if gguf.architecture not in GGUF_DIT_ARCHITECTURES:
+        raise ModelFileError(path, EXPECTED, f"a GGUF of architecture '{gguf.architecture}'",
+                             "Load text-encoder GGUFs with the Z-Image text encoder loader.")
+    prefix, shapes = strip_known_prefix(gguf.shapes())
+    check_zimage_dit(path, shapes)
+    sd = {k[len(prefix):]: v for k, v in gguf.tensors.items() if k.startswith(prefix)}
+    return build_zimage_model(sd, path, weight_dtype, quantized=True)

@@ -1,0 +1,20 @@
+"""The one error users see when a model file is wrong: it names the file, what was expected and what was found."""
+from __future__ import annotations
+
+import os
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used for the requested purpose.
+
+    The message reads: "<file>: expected <expected>, found <found>. <hint>" so the ComfyUI error dialog says
+    everything a user needs without a traceback.
+    """
+
+    def __init__(self, path: str | os.PathLike, expected: str, found: str, hint: str = "") -> None:
+        self.path = os.fspath(path)
+        self.expected, self.found, self.hint = expected, found, hint
+        message = f"{os.path.basename(self.path)}: expected {expected}, found {found}."
+        if hint:
+            message += f" {hint}"
+        super().__init__(message)

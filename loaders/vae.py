@@ -1,0 +1,29 @@
+"""Flux VAE loader (16 latent channels) → ComfyUI VAE."""
+from __future__ import annotations
+
+import os
+
+from .detect import classify, describe, strip_known_prefix
+from .errors import ModelFileError
+from .safetensors_file import load_tensors, read_header
+
+EXPECTED = "a Flux VAE with 16 latent channels (e.g. ae.safetensors)"
+
+
+def load_flux_vae(path: str | os.PathLike):
+    """Load the Flux.1 autoencoder as a standard VAE."""
+    import comfy.sd
+
+    header = read_header(path, expected=EXPECTED)
+    prefix, shapes = strip_known_prefix(header.shapes())
+    kind = classify(shapes)
+    if kind is None or kind.name != "flux_vae":
+        hint = {"zimage_dit": "Load it with the Z-Image diffusion model loader.",
+                "qwen3_te": "Load it with the Z-Image text encoder loader.",
+                "sd_vae": "Z-Image decodes with the Flux VAE (ae.safetensors)."}.get(kind.name if kind else "",
+                                                                                   "Put ae.safetensors in models/vae.")
+        raise ModelFileError(path, EXPECTED, describe(shapes), hint)
+    sd = {k[len(prefix):]: v for k, v in load_tensors(header, [prefix + k for k in shapes]).items()}
+    vae = comfy.sd.VAE(sd=sd, metadata=header.metadata)
+    vae.throw_exception_if_invalid()
+    return vae
