@@ -1,0 +1,1 @@
+"""Sampling helpers built on ComfyUI's own samplers."""

@@ -1,0 +1,119 @@
+"""Z-Image-Turbo sampling on ComfyUI's own samplers: flow shift, per-image seeds, pack schedules, cfg-1 fast path."""
+from __future__ import annotations
+
+import torch
+
+from .schedules import is_pack_schedule, pack_sigmas
+
+LATENT_CHANNELS = 16
+LATENT_SCALE = 8
+
+
+def empty_latent(width: int, height: int, batch_size: int = 1) -> dict:
+    """A zero Flux latent (16 channels, 1/8 size) in ComfyUI's LATENT dict form."""
+    import comfy.model_management as mm
+    samples = torch.zeros([batch_size, LATENT_CHANNELS, height // LATENT_SCALE, width // LATENT_SCALE],
+                          device=mm.intermediate_device())
+    return {"samples": samples}
+
+
+def with_flow_shift(model, shift: float):
+    """A clone of `model` whose flow-matching schedule uses `shift` (what ModelSamplingAuraFlow does)."""
+    import comfy.model_sampling
+
+    class ModelSamplingShifted(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
+        pass
+
+    sampling = ModelSamplingShifted(model.model.model_config)
+    sampling.set_parameters(shift=shift, multiplier=1.0)
+    patched = model.clone()
+    patched.add_object_patch("model_sampling", sampling)
+    return patched
+
+
+def zero_conditioning(conditioning: list) -> list:
+    """The conditioning with every tensor zeroed (ConditioningZeroOut), a stand-in negative."""
+    out = []
+    for cond, extra in conditioning:
+        extra = dict(extra)
+        if extra.get("pooled_output") is not None:
+            extra["pooled_output"] = torch.zeros_like(extra["pooled_output"])
+        out.append([torch.zeros_like(cond), extra])
+    return out
+
+
+def image_seeds(latent: dict, seed: int) -> list[int]:
+    """Seed of each image in the batch: seed + i (or seed + batch_index[i] for a latent taken from a batch)."""
+    n = latent["samples"].shape[0]
+    offsets = latent.get("batch_index") or list(range(n))
+    return [seed + int(o) for o in offsets[:n]]
+
+
+def per_image_noise(latent_image: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    """Noise drawn image by image, so image i of a batch equals a single run with seeds[i]."""
+    import comfy.sample
+    return torch.cat([comfy.sample.prepare_noise(latent_image[i:i + 1], s) for i, s in enumerate(seeds)])
+
+
+class ConditioningMismatchError(ValueError):
+    """The conditioning does not fit the diffusion model (e.g. a text encoder of another size)."""
+
+
+def check_caption_width(model, conditioning: list, what: str = "positive") -> None:
+    """Raise ConditioningMismatchError when the conditioning's width is not the DiT's caption width.
+
+    Z-Image's DiT embeds the text encoder's hidden states (2560 wide for Qwen3-4B); a Qwen3-8B or another
+    model's conditioning would otherwise fail deep inside torch with a bare shape message.
+    """
+    expected = model.model.model_config.unet_config.get("cap_feat_dim")
+    for cond, _ in conditioning or []:
+        if expected is not None and cond.shape[-1] != expected:
+            raise ConditioningMismatchError(
+                f"{what} conditioning is {cond.shape[-1]} wide but this Z-Image DiT takes caption features "
+                f"{expected} wide: the text encoder does not belong to this model (Z-Image-Turbo uses Qwen3-4B, "
+                f"hidden size 2560). Load the text encoder that matches the DiT.")
+
+
+def turbo_sample(model, positive: list, latent: dict, seed: int, steps: int = 8, cfg: float = 1.0,
+                 shift: float = 3.0, sampler_name: str = "euler", scheduler: str = "simple", denoise: float = 1.0,
+                 negative: list | None = None) -> dict:
+    """Sample a LATENT with ComfyUI's sampler objects (previews, progress bar and interrupts included).
+
+    Image i of a batch uses seed + i. At cfg 1 ComfyUI evaluates only the positive conditioning, so the
+    negative (the zeroed positive when none is given) is never run. `scheduler` is a ComfyUI scheduler or one
+    of the pack's schedules (see schedules.py). denoise < 1 with an input latent is img2img (a noise_mask in
+    the latent restricts it to the mask, inpaint-style); denoise 0 returns the input unchanged.
+    """
+    import comfy.sample
+    import comfy.samplers
+    import comfy.utils
+    import latent_preview
+
+    check_caption_width(model, positive)
+    if negative is not None and cfg != 1.0:
+        check_caption_width(model, negative, "negative")
+    patched = with_flow_shift(model, shift)
+    if negative is None:
+        negative = zero_conditioning(positive)
+    latent_image = comfy.sample.fix_empty_latent_channels(patched, latent["samples"])
+    seeds = image_seeds(latent, seed)
+    out = latent.copy()
+    if denoise <= 0.0:
+        out["samples"] = latent_image.clone()
+        return out
+    noise = per_image_noise(latent_image, seeds)
+    noise_mask = latent.get("noise_mask")
+    callback = latent_preview.prepare_callback(patched, steps)
+    disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
+    if is_pack_schedule(scheduler):
+        sigmas = pack_sigmas(scheduler, steps, shift, denoise)
+        sampler = comfy.samplers.sampler_object(sampler_name)
+        samples = comfy.sample.sample_custom(patched, noise, cfg, sampler, sigmas, positive, negative, latent_image,
+                                             noise_mask=noise_mask, callback=callback, disable_pbar=disable_pbar,
+                                             seed=seed)
+    else:
+        samples = comfy.sample.sample(patched, noise, steps, cfg, sampler_name, scheduler, positive, negative,
+                                      latent_image, denoise=denoise, noise_mask=noise_mask, callback=callback,
+                                      disable_pbar=disable_pbar, seed=seed)
+    out["samples"] = samples
+    return out
