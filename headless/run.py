@@ -1,0 +1,172 @@
+"""`python -m zimage_turbo run WORKFLOW`: run a shipped workflow through a real ComfyUI and save the picture.
+
+Real weights are used when the files the workflow names are in the models folder; otherwise the tiny random
+models are built (seconds, cached) so the whole path still runs, and the output says so loudly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .server import ComfyServer, ServerError, find_comfyui_dir, history_error, output_images, prepare_base_dir
+from .workflow import is_ui_format, model_files, set_inputs, substitute_models, ui_to_api
+
+PACK_DIR = Path(__file__).resolve().parents[1]
+TINY_DEFAULT_SIZE = 256  # the tiny models' picture is noise: no need to spend a CPU minute on 1024²
+CACHE_DIR = Path(os.environ.get("ZIT_CACHE_DIR", Path.home() / ".cache" / "zimage_turbo"))
+
+
+def unique_path(path: Path) -> Path:
+    """`path`, or `stem_2.ext`, `stem_3.ext`, … : an existing file is never overwritten."""
+    if not path.exists():
+        return path
+    n = 2
+    while (candidate := path.with_name(f"{path.stem}_{n}{path.suffix}")).exists():
+        n += 1
+    return candidate
+
+
+def missing_models(prompt: dict, models_dir: Path) -> list[str]:
+    return [f"{folder}/{name}" for _, _, folder, name in model_files(prompt) if not (models_dir / folder / name).exists()]
+
+
+def tiny_models() -> tuple[Path, dict[str, str]]:
+    from ..fixtures.tiny_models import TINY_FILE_NAMES, write_tiny_models
+    folder = CACHE_DIR / "tiny_models"
+    write_tiny_models(folder)
+    return folder, dict(TINY_FILE_NAMES)
+
+
+def _progress(start: float) -> None:
+    elapsed = time.monotonic() - start
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r  running… {elapsed:5.1f} s")
+        sys.stderr.flush()
+
+
+class ProgressBar:
+    """A per-step bar on stderr (tqdm) fed by the server's websocket messages for one prompt."""
+
+    def __init__(self, node_titles: dict[str, str]) -> None:
+        self.node_titles, self.prompt_id, self.bar, self.node = node_titles, None, None, None
+        self.events: list[str] = []
+
+    def __call__(self, kind: str, data: dict) -> None:
+        if self.prompt_id and data.get("prompt_id") not in (None, self.prompt_id):
+            return
+        if kind == "executing" and data.get("node") is not None:
+            self.node = str(data["node"])
+            self.events.append(f"executing {self.node}")
+        elif kind == "progress":
+            self._step(int(data.get("value", 0)), max(1, int(data.get("max", 1))))
+        elif kind in ("execution_success", "execution_error", "execution_interrupted"):
+            self.events.append(kind)
+            self.close()
+
+    def _step(self, value: int, total: int) -> None:
+        from tqdm import tqdm
+        if self.bar is None or self.bar.total != total or value < self.bar.n:
+            self.close()
+            self.bar = tqdm(total=total, file=sys.stderr, unit="step", leave=True, dynamic_ncols=True,
+                            desc=self.node_titles.get(self.node or "", self.node or "running"))
+        self.bar.update(value - self.bar.n)
+        self.events.append(f"progress {value}/{total}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def run(args: argparse.Namespace) -> Path:
+    workflow = json.loads(Path(args.workflow).read_text())
+    models_dir = Path(args.models_dir) if args.models_dir else find_comfyui_dir() / "models"
+    base = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="zimage_run_"))
+    server = ComfyServer(url=args.server) if args.server else None
+    try:
+        if server is None:
+            print(f"starting ComfyUI ({find_comfyui_dir()}) …", file=sys.stderr)
+            prepare_base_dir(base, PACK_DIR)
+            server = ComfyServer.start(base_dir=base, log_path=base / "comfyui.log",
+                                       extra_args=["--extra-model-paths-config", str(_model_paths_yaml(base, models_dir))])
+        prompt = ui_to_api(workflow, server.object_info()) if is_ui_format(workflow) else workflow
+        ui_graph = workflow if is_ui_format(workflow) else None
+        missing = missing_models(prompt, models_dir) if not args.tiny else ["(--tiny)"]
+        if missing:
+            tiny_dir, names = tiny_models()
+            _link_models(base, tiny_dir)
+            prompt = substitute_models(prompt, names)
+            if not (args.width or args.height):
+                args.width = args.height = TINY_DEFAULT_SIZE
+            print("NOTE: real weights not found (" + ", ".join(missing) + ").\n"
+                  "      Using the tiny RANDOM test models: the picture is noise, it only proves the pipeline runs.\n"
+                  "      Put the real files in " + str(models_dir) + " for a real image (see README).", file=sys.stderr)
+        if args.prompt is not None and not set_inputs(prompt, "CLIPTextEncode", {"text": args.prompt}, first_only=True):
+            raise SystemExit("the workflow has no CLIPTextEncode node to put --prompt into")
+        if args.seed is not None:
+            set_inputs(prompt, "ZImageTurboSampler", {"seed": args.seed})
+        if args.width or args.height:
+            set_inputs(prompt, "ZImageTurboSampler", {k: v for k, v in (("width", args.width), ("height", args.height)) if v})
+        start = time.monotonic()
+        bar = ProgressBar({k: (v.get("_meta") or {}).get("title") or v.get("class_type", k) for k, v in prompt.items()})
+        listener = server.progress_listener(bar)
+        try:
+            bar.prompt_id = server.queue_prompt(prompt, ui_graph)
+            tick = (lambda: None) if listener.connected.is_set() else (lambda: _progress(start))
+            entry = server.wait_for(bar.prompt_id, timeout=args.timeout, on_tick=tick)  # polling finishes the run
+        finally:
+            listener.stop()
+            bar.close()
+        if not listener.connected.is_set():
+            print(file=sys.stderr)
+        error = history_error(entry)
+        if error:
+            raise SystemExit(f"the workflow failed: {error}")
+        images = output_images(entry)
+        if not images:
+            raise SystemExit("the workflow finished but saved no image")
+        out = unique_path(Path(args.out))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(server.fetch_image(images[0]))
+        print(f"saved {out} ({time.monotonic() - start:.1f} s)", file=sys.stderr)
+        return out
+    except ServerError as exc:
+        log = base / "comfyui.log"
+        raise SystemExit(f"{exc}" + (f" (server log: {log})" if log.exists() else "")) from None
+    finally:
+        if server is not None and not args.server:
+            server.stop()
+
+
+def _model_paths_yaml(base: Path, models_dir: Path) -> Path:
+    """An extra_model_paths.yaml that adds the user's models folder next to the run's own."""
+    path = base / "extra_model_paths.yaml"
+    folders = ("diffusion_models", "text_encoders", "vae", "clip", "unet", "loras")
+    lines = ["user_models:", f"  base_path: {json.dumps(str(models_dir))}"] + [f"  {f}: {f}" for f in folders]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _link_models(base: Path, tiny_dir: Path) -> None:
+    prepare_base_dir(base, PACK_DIR, models_from=tiny_dir)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="run a workflow (UI or API JSON) and save its image")
+    p.add_argument("workflow", help="e.g. workflows/z_image_turbo_basic.json")
+    p.add_argument("--prompt", help="replace the text of the first CLIPTextEncode")
+    p.add_argument("--seed", type=int, help="sampler seed")
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--out", default="out/z_image_turbo.png", help="output PNG (never overwritten: _2, _3 … added)")
+    p.add_argument("--models-dir", help="ComfyUI models folder with real weights (default: the host's models/)")
+    p.add_argument("--tiny", action="store_true", help="use the tiny random models even if real ones exist")
+    p.add_argument("--server", help="URL of a running ComfyUI with this pack (default: start one)")
+    p.add_argument("--work-dir", help="base directory for the started server (default: a temp dir)")
+    p.add_argument("--timeout", type=float, default=3600.0)
+    p.set_defaults(func=run)

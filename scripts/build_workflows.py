@@ -1,0 +1,477 @@
+#!/usr/bin/env python3
+"""Write the shipped workflows and everything made from them.
+
+For each workflow declared here (the basic one, one per VRAM tier, an img2img variant):
+
+- workflows/<name>.json      UI-format graph (what the frontend opens; the template browser lists this folder)
+- workflows/api/<name>.json  its API-format twin: the UI graph converted with the same converter the tests and the
+                             headless runner use, against the node definitions of the installed host
+- workflows/<name>.png       a labelled card (tier, VRAM, files, prompt; never a sample picture) whose `prompt` and
+                             `workflow` tEXt chunks hold exactly the API and UI JSON, written as ComfyUI's SaveImage
+                             writes them (json.dumps), so dropping the PNG onto ComfyUI restores the graph
+- workflows/<name>.jpg       the template browser's thumbnail (the frontend looks for <name>.jpg beside the JSON)
+- workflows/icon.png         the pack's icon (pyproject.toml [tool.comfy] Icon)
+
+    .venv/bin/python scripts/build_workflows.py [--check]
+
+--check writes nothing and fails when a file on disk differs from what would be generated (JSON by text, PNGs
+by their text chunks and pixels, thumbnails by pixels within JPEG tolerance).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import textwrap
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS_DIR = REPO / "workflows"
+API_DIR = WORKFLOWS_DIR / "api"
+PACK_CNR_ID = "comfyui-zimage-turbo"
+CORE_CNR_ID = "comfy-core"
+PACK_NODE_TYPES = {"ZImageDiffusionModelLoader", "ZImageTextEncoderLoader", "ZImageVAELoader",
+                   "ZImageTurboSampler", "ZImageLatent", "ZImageSaveImage"}
+DEFAULT_PROMPT = ("A red fox sitting in a snowy birch forest at golden hour, soft light, detailed fur, "
+                  "shallow depth of field, photograph")
+COMFY_ORG = "https://huggingface.co/Comfy-Org/z_image_turbo/resolve/main/split_files"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    name: str
+    directory: str
+    url: str
+    size: str  # as published on the hosting page; "" when not stated there
+    source: str
+
+    def entry(self) -> dict:
+        return {"name": self.name, "url": self.url, "directory": self.directory}
+
+
+DIT_BF16 = ModelFile("z_image_turbo_bf16.safetensors", "diffusion_models",
+                     f"{COMFY_ORG}/diffusion_models/z_image_turbo_bf16.safetensors", "12.3 GB",
+                     "huggingface.co/Comfy-Org/z_image_turbo")
+DIT_Q4_K_M = ModelFile("z_image_turbo-Q4_K_M.gguf", "diffusion_models",
+                       "https://huggingface.co/jayn7/Z-Image-Turbo-GGUF/resolve/main/z_image_turbo-Q4_K_M.gguf", "",
+                       "huggingface.co/jayn7/Z-Image-Turbo-GGUF")
+TE_BF16 = ModelFile("qwen_3_4b.safetensors", "text_encoders", f"{COMFY_ORG}/text_encoders/qwen_3_4b.safetensors",
+                    "8.04 GB", "huggingface.co/Comfy-Org/z_image_turbo")
+VAE = ModelFile("ae.safetensors", "vae", f"{COMFY_ORG}/vae/ae.safetensors", "335 MB",
+                "huggingface.co/Comfy-Org/z_image_turbo")
+
+
+def qwen3_gguf(quant: str, size: str) -> ModelFile:
+    name = f"Qwen3-4B-{quant}.gguf"
+    return ModelFile(name, "text_encoders", f"https://huggingface.co/unsloth/Qwen3-4B-GGUF/resolve/main/{name}",
+                     size, "huggingface.co/unsloth/Qwen3-4B-GGUF")
+
+
+TE_Q4_K_M = qwen3_gguf("Q4_K_M", "2.50 GB")
+TE_Q6_K = qwen3_gguf("Q6_K", "3.31 GB")
+TE_Q8_0 = qwen3_gguf("Q8_0", "4.28 GB")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One shipped workflow: which files it loads and how it decodes."""
+    name: str
+    label: str  # big text on the card, e.g. "6 GB"
+    headline: str  # one line: what it is for
+    dit: ModelFile
+    dit_dtype: str
+    te: ModelFile
+    tiled_decode: bool = False
+    img2img: bool = False
+    seed_control: str = "randomize"
+    accent: str = "#3f789e"
+    advice: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def dit_text(self) -> str:
+        if self.dit.name.endswith(".gguf"):
+            return f"DiT {self.dit.name.split('-')[-1].removesuffix('.gguf')} GGUF"
+        return {"default": "DiT bf16", "fp8_e4m3fn": "DiT bf16 file run as fp8"}.get(self.dit_dtype,
+                                                                                  f"DiT {self.dit_dtype}")
+
+    @property
+    def te_text(self) -> str:
+        if self.te.name.endswith(".gguf"):
+            return f"Qwen3-4B {self.te.name.removeprefix('Qwen3-4B-').removesuffix('.gguf')} GGUF"
+        return "Qwen3-4B bf16"
+
+    @property
+    def files(self) -> list[ModelFile]:
+        return [self.dit, self.te, VAE]
+
+
+VARIANTS = [
+    Variant("z_image_turbo_basic", "basic", "Text to image with the official files (24 GB class cards)",
+            DIT_BF16, "default", TE_BF16, seed_control="fixed", accent="#3f789e",
+            advice=("Turbo is distilled for 8 steps at cfg 1: no negative prompt is needed (and none is run). "
+                    "Set the seed control to 'randomize' for a new picture each run.",)),
+    Variant("z_image_turbo_6gb", "6 GB", "Text to image for 6 GB cards", DIT_Q4_K_M, "default", TE_Q4_K_M,
+            tiled_decode=True, accent="#8a5a2b",
+            advice=("Both big models are 4-bit GGUF (the DiT stays quantized in memory) and the VAE decodes in "
+                    "512 px tiles, so the peak stays low. Add --lowvram to ComfyUI if you still run out of "
+                    "memory. A Q5_K_M text encoder (Qwen3-4B-Q5_K_M.gguf, 2.89 GB) also fits: pick it in the "
+                    "text encoder loader.",)),
+    Variant("z_image_turbo_8gb", "8 GB", "Text to image for 8 GB cards", DIT_BF16, "fp8_e4m3fn", TE_Q6_K,
+            accent="#6b8e23",
+            advice=("The DiT is the official bf16 file loaded with weight_dtype fp8_e4m3fn: half the memory of "
+                    "bf16 (about 6.2 GB). The text encoder is a 6-bit GGUF; ComfyUI moves it out of VRAM "
+                    "before sampling.",)),
+    Variant("z_image_turbo_12gb", "12 GB", "Text to image for 12 GB cards", DIT_BF16, "fp8_e4m3fn", TE_Q8_0,
+            accent="#2e8b7a",
+            advice=("fp8 DiT (the official bf16 file with weight_dtype fp8_e4m3fn) and an 8-bit GGUF text "
+                    "encoder, which is close to bf16 quality.",)),
+    Variant("z_image_turbo_24gb", "24 GB", "Text to image in full bf16 for 16-24 GB cards", DIT_BF16, "default",
+            TE_BF16, accent="#7a3f9e",
+            advice=("Everything in bf16, the quality reference. The DiT alone is 12.3 GB: on 16 GB cards "
+                    "ComfyUI offloads the text encoder between prompts.",)),
+    Variant("z_image_turbo_img2img", "img2img", "Image to image (8 GB tier files)", DIT_BF16, "fp8_e4m3fn",
+            TE_Q6_K, img2img=True, accent="#9e3f5a",
+            advice=("Load a picture in 'Input image'; denoise sets how much changes (0.6 keeps the composition, "
+                    "0.8-0.9 repaints more). The output takes the input's size (sides are rounded to what the "
+                    "VAE needs). Swap the loaders for another tier's files as you like.",)),
+]
+TIERS = [v for v in VARIANTS if v.label.endswith("GB")]
+
+
+# ------------------------------------------------------------------------------------------------- graph spec
+@dataclass
+class Node:
+    id: int
+    type: str
+    title: str
+    pos: list
+    size: list
+    widgets: list
+    inputs: list  # [(name, type)] socket inputs in slot order
+    outputs: list  # [(name, type)]
+    models: list = field(default_factory=list)  # [ModelFile]
+    extra: dict = field(default_factory=dict)
+
+
+def graph_spec(v: Variant) -> tuple[list[Node], list[tuple], list[tuple]]:
+    """(nodes, links [(id, from, slot, to, slot, type)], groups [(title, [x, y, w, h], color)])."""
+    dit_title = "DiT: Z-Image-Turbo " + v.dit_text.removeprefix("DiT ").replace(" file run as ", " as ")
+    nodes = [
+        Node(1, "ZImageDiffusionModelLoader", dit_title, [40, 90], [360, 82], [v.dit.name, v.dit_dtype], [],
+             [("MODEL", "MODEL")], [v.dit]),
+        Node(2, "ZImageTextEncoderLoader", f"Text encoder: {v.te_text}", [40, 232], [360, 58], [v.te.name], [],
+             [("CLIP", "CLIP")], [v.te]),
+        Node(3, "ZImageVAELoader", "VAE: Flux ae", [40, 350], [360, 58], [VAE.name], [], [("VAE", "VAE")],
+             [VAE]),
+        Node(4, "CLIPTextEncode", "Prompt", [440, 90], [440, 250], [DEFAULT_PROMPT], [("clip", "CLIP")],
+             [("CONDITIONING", "CONDITIONING")]),
+    ]
+    links = [(1, 1, 0, 5, 0, "MODEL"), (2, 2, 0, 4, 0, "CLIP"), (3, 4, 0, 5, 1, "CONDITIONING")]
+    groups = [("Models", [20, 20, 400, 410], "#3f789e"), ("Prompt", [420, 20, 480, 340], "#3f9e6b")]
+    next_link = 4
+    sampler_inputs = [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                      ("latent_image", "LATENT")]
+    denoise = 0.6 if v.img2img else 1.0
+    sampler = Node(5, "ZImageTurboSampler", "Z-Image Turbo Sampler (8 steps)", [920, 90], [340, 430],
+                   [1024, 1024, 1, 42, v.seed_control, 8, 1.0, 3.0, "euler", "simple", denoise], sampler_inputs,
+                   [("LATENT", "LATENT"), ("seeds", "STRING")])
+    if v.tiled_decode:
+        decode = Node(6, "VAEDecodeTiled", "Decode (tiled: 512 px tiles, 64 px overlap)", [1300, 90], [320, 150],
+                      [512, 64, 64, 8], [("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")])
+    else:
+        decode = Node(6, "VAEDecode", "Decode", [1300, 90], [320, 46], [], [("samples", "LATENT"), ("vae", "VAE")],
+                      [("IMAGE", "IMAGE")])
+    if v.name == "z_image_turbo_basic":
+        save = Node(7, "SaveImage", "Save", [1300, 290], [420, 450], ["z_image_turbo"], [("images", "IMAGE")], [])
+    else:
+        save = Node(7, "ZImageSaveImage", "Save (with A1111 parameters)", [1300, 290], [420, 450],
+                    [v.name, True],
+                    [("images", "IMAGE")], [])
+    nodes += [sampler, decode, save]
+    links += [(next_link, 5, 0, 6, 0, "LATENT"), (next_link + 1, 3, 0, 6, 1, "VAE"),
+              (next_link + 2, 6, 0, 7, 0, "IMAGE")]
+    next_link += 3
+    groups += [("Sample", [900, 20, 380, 520], "#8a6a2b"), ("Decode and save", [1280, 20, 460, 740], "#6b3f9e")]
+    if v.img2img:
+        nodes += [
+            Node(8, "LoadImage", "Input image", [440, 440], [300, 330], ["example.png", "image"], [],
+                 [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+            Node(9, "VAEEncode", "Encode input image", [760, 440], [140, 46], [],
+                 [("pixels", "IMAGE"), ("vae", "VAE")], [("LATENT", "LATENT")]),
+        ]
+        links += [(next_link, 8, 0, 9, 0, "IMAGE"), (next_link + 1, 3, 0, 9, 1, "VAE"),
+                  (next_link + 2, 9, 0, 5, 3, "LATENT")]
+        groups.append(("Input image (img2img)", [420, 370, 480, 420], "#9e3f5a"))
+    return nodes, links, groups
+
+
+def note_text(v: Variant) -> str:
+    lines = [f"Z-Image-Turbo: {v.headline} (ComfyUI-ZImage-Turbo).", "",
+             "Files to download (the missing-model dialog offers the links):"]
+    for f in v.files:
+        size = f" ({f.size})" if f.size else ""
+        lines.append(f"- models/{f.directory}/{f.name}{size}\n  from {f.url}")
+    lines += ["", *v.advice, "",
+              "Defaults: 1024x1024, 8 steps, cfg 1, euler / simple, shift 3. Press Queue (Run)."]
+    if not v.img2img:
+        lines.append("Other cards: workflows z_image_turbo_6gb / 8gb / 12gb / 24gb in this pack's templates.")
+    return "\n".join(lines)
+
+
+def build_ui(v: Variant) -> dict:
+    nodes, links, groups = graph_spec(v)
+    by_target = {(l[3], l[4]): l[0] for l in links}
+    by_origin: dict[tuple[int, int], list[int]] = {}
+    for l in links:
+        by_origin.setdefault((l[1], l[2]), []).append(l[0])
+    order = _execution_order(nodes, links)
+    ui_nodes = []
+    for n in nodes:
+        properties = {"Node name for S&R": n.type, "cnr_id": PACK_CNR_ID if n.type in PACK_NODE_TYPES else CORE_CNR_ID}
+        if n.models:
+            properties["models"] = [m.entry() for m in n.models]
+        ui_nodes.append({
+            "id": n.id, "type": n.type, "title": n.title, "pos": n.pos, "size": n.size, "flags": {},
+            "order": order[n.id], "mode": 0,
+            "inputs": [{"name": name, "type": t, "link": by_target.get((n.id, i))} for i, (name, t) in enumerate(n.inputs)],
+            "outputs": [{"name": name, "type": t, "links": by_origin.get((n.id, i), []), "slot_index": i}
+                        for i, (name, t) in enumerate(n.outputs)],
+            "properties": properties, "widgets_values": n.widgets, **n.extra,
+        })
+    note_id = max(n.id for n in nodes) + 1
+    note_pos = [40, 820] if v.img2img else [40, 470]
+    ui_nodes.append({"id": note_id, "type": "Note", "title": f"Read me: {v.headline}", "pos": note_pos,
+                     "size": [840, 330] if v.img2img else [840, 300], "flags": {}, "order": len(ui_nodes),
+                     "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [note_text(v)],
+                     "color": "#432", "bgcolor": "#653"})
+    return {
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-zimage-turbo/{v.name}")), "revision": 0,
+        "last_node_id": note_id, "last_link_id": max(l[0] for l in links),
+        "nodes": ui_nodes, "links": [list(l) for l in links],
+        "groups": [{"id": i + 1, "title": title, "bounding": box, "color": color, "font_size": 24, "flags": {}}
+                   for i, (title, box, color) in enumerate(groups)],
+        "config": {}, "extra": {"ds": {"scale": 0.75, "offset": [110, 90]}}, "version": 0.4,
+    }
+
+
+def _execution_order(nodes: list[Node], links: list[tuple]) -> dict[int, int]:
+    """A topological order (litegraph's `order`): sources first, ties by id."""
+    deps = {n.id: {l[1] for l in links if l[3] == n.id} for n in nodes}
+    done: dict[int, int] = {}
+    while len(done) < len(nodes):
+        ready = sorted(i for i, d in deps.items() if i not in done and d <= done.keys())
+        for i in ready:
+            done[i] = len(done)
+    return done
+
+
+# ------------------------------------------------------------------------------------------------ pictures
+CARD_SIZE = 1024
+THUMB_SIZE = 512
+BG, PANEL, TEXT, MUTED, WARN = "#17191e", "#23262d", "#eceff4", "#a3abb8", "#ffcc66"
+
+
+def _font(size: int):
+    from PIL import ImageFont
+    return ImageFont.load_default(size=size)  # Pillow's bundled font: same pixels on every machine
+
+
+def _settings_line(v: Variant) -> str:
+    parts = ["1024x1024", "8 steps", "cfg 1", "euler / simple", "shift 3", "seed control " + v.seed_control]
+    if v.img2img:
+        parts[0] = "input image size"
+        parts.append("denoise 0.6")
+    if v.tiled_decode:
+        parts.append("tiled VAE decode 512/64")
+    if v.dit_dtype != "default":
+        parts.append(f"DiT weight_dtype {v.dit_dtype}")
+    return " · ".join(parts)
+
+
+def render_card(v: Variant):
+    """The PNG's picture: a labelled card, clearly not a generated sample."""
+    from PIL import Image, ImageDraw
+    img = Image.new("RGB", (CARD_SIZE, CARD_SIZE), BG)
+    d = ImageDraw.Draw(img)
+    d.rectangle([0, 0, CARD_SIZE, 200], fill=v.accent)
+    d.text((48, 34), "Z-Image Turbo · ComfyUI workflow", font=_font(34), fill=TEXT)
+    d.text((48, 84), v.label + (" VRAM" if v in TIERS else ""), font=_font(84), fill=TEXT)
+    d.rectangle([0, 200, CARD_SIZE, 270], fill="#2b2410")
+    d.text((48, 212), "WORKFLOW CARD - not a generated image.", font=_font(26), fill=WARN)
+    d.text((48, 242), "Drop this PNG onto ComfyUI to open the workflow, then press Run.", font=_font(20),
+           fill=WARN)
+    y = 296
+    d.text((48, y), v.headline, font=_font(30), fill=TEXT)
+    y += 52
+    d.text((48, y), "Model files", font=_font(26), fill=MUTED)
+    y += 40
+    for f in v.files:
+        d.rounded_rectangle([40, y - 8, CARD_SIZE - 40, y + 62], radius=10, fill=PANEL)
+        d.text((60, y), f.name + (f"   {f.size}" if f.size else ""), font=_font(26), fill=TEXT)
+        d.text((60, y + 34), f"models/{f.directory}/   from {f.source}", font=_font(19), fill=MUTED)
+        y += 84
+    y += 6
+    d.text((48, y), "Settings", font=_font(26), fill=MUTED)
+    y += 38
+    for line in textwrap.wrap(_settings_line(v), 70):
+        d.text((48, y), line, font=_font(22), fill=TEXT)
+        y += 30
+    y += 14
+    d.text((48, y), "Prompt", font=_font(26), fill=MUTED)
+    y += 40
+    box_top = y - 10
+    lines = textwrap.wrap(DEFAULT_PROMPT, 60)
+    d.rounded_rectangle([40, box_top, CARD_SIZE - 40, box_top + 22 + 34 * len(lines)], radius=10, fill=PANEL)
+    for line in lines:
+        d.text((60, y), line, font=_font(26), fill=TEXT)
+        y += 34
+    d.text((48, CARD_SIZE - 56), f"ComfyUI-ZImage-Turbo · workflows/{v.name}.json", font=_font(20), fill=MUTED)
+    return img
+
+
+def render_thumbnail(v: Variant):
+    """The template browser's preview: tier, VRAM and the two big files, readable at card size."""
+    from PIL import Image, ImageDraw
+    img = Image.new("RGB", (THUMB_SIZE, THUMB_SIZE), BG)
+    d = ImageDraw.Draw(img)
+    d.rectangle([0, 0, THUMB_SIZE, 230], fill=v.accent)
+    d.text((32, 28), "Z-Image Turbo", font=_font(36), fill=TEXT)
+    d.text((32, 86), v.label, font=_font(96 if len(v.label) <= 6 else 76), fill=TEXT)
+    if v in TIERS:
+        d.text((36, 192), "VRAM tier", font=_font(26), fill=TEXT)
+    y = 262
+    for text in (v.dit_text, v.te_text, "Flux VAE" + (", tiled decode" if v.tiled_decode else "")):
+        d.text((32, y), text, font=_font(30), fill=TEXT)
+        y += 46
+    d.text((32, THUMB_SIZE - 84), "image to image · 8 steps" if v.img2img else "text to image · 1024x1024 · 8 steps", font=_font(24),
+           fill=MUTED)
+    d.text((32, THUMB_SIZE - 46), "workflow card, not a sample image", font=_font(22), fill=WARN)
+    return img
+
+
+def render_icon():
+    """The pack's icon (pyproject [tool.comfy] Icon): 400x400, no metadata."""
+    from PIL import Image, ImageDraw
+    img = Image.new("RGB", (400, 400), BG)
+    d = ImageDraw.Draw(img)
+    d.rounded_rectangle([24, 24, 376, 376], radius=48, fill="#3f789e")
+    d.text((200, 170), "Z", font=_font(220), fill=TEXT, anchor="mm")
+    d.text((200, 316), "Image Turbo", font=_font(48), fill=TEXT, anchor="mm")
+    return img
+
+
+def png_bytes(card, api: dict, ui: dict) -> bytes:
+    """The card as PNG with ComfyUI SaveImage's metadata: tEXt `prompt` then `workflow`, each json.dumps()."""
+    from PIL.PngImagePlugin import PngInfo
+    meta = PngInfo()
+    meta.add_text("prompt", json.dumps(api))
+    meta.add_text("workflow", json.dumps(ui))
+    buf = io.BytesIO()
+    card.save(buf, format="PNG", pnginfo=meta, compress_level=9)
+    return buf.getvalue()
+
+
+def jpg_bytes(thumb) -> bytes:
+    buf = io.BytesIO()
+    thumb.save(buf, format="JPEG", quality=88, optimize=True)
+    return buf.getvalue()
+
+
+def _same_png(path: Path, expected: bytes) -> bool:
+    from PIL import Image
+    if not path.exists():
+        return False
+    try:
+        have, want = Image.open(path), Image.open(io.BytesIO(expected))
+        have.load()
+        want.load()
+    except OSError:
+        return False
+    return (have.text == want.text and list(have.text) == list(want.text) and have.size == want.size
+            and have.convert("RGB").tobytes() == want.convert("RGB").tobytes())
+
+
+def _same_jpg(path: Path, expected: bytes) -> bool:
+    from PIL import Image, ImageChops, ImageStat
+    if not path.exists():
+        return False
+    try:
+        have, want = Image.open(path).convert("RGB"), Image.open(io.BytesIO(expected)).convert("RGB")
+    except OSError:
+        return False
+    if have.size != want.size:
+        return False
+    # JPEG encoders of other library versions move pixels by a few levels; changed content moves many by far more
+    strong = ImageChops.difference(have, want).convert("L").point(lambda x: 255 if x > 48 else 0)
+    return ImageStat.Stat(strong).sum[0] / 255 <= 16
+
+
+# ------------------------------------------------------------------------------------------------- driver
+def object_info_in_process() -> dict:
+    """Node definitions ({type: {"input": ...}}) of core nodes and this pack, read from the classes."""
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = True
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]
+    import utils.extra_config  # noqa: F401
+    import nodes
+    from zimage_turbo import NODE_CLASS_MAPPINGS
+    classes = {**nodes.NODE_CLASS_MAPPINGS, **NODE_CLASS_MAPPINGS}
+    return {name: {"input": cls.INPUT_TYPES()} for name, cls in classes.items()}
+
+
+def generate(info: dict) -> dict[Path, tuple[bytes, str]]:
+    """{path: (content, kind)} of every generated file; kind is json, png or jpg."""
+    from zimage_turbo.headless.workflow import ui_to_api
+    out: dict[Path, tuple[bytes, str]] = {}
+    for v in VARIANTS:
+        ui = build_ui(v)
+        api = ui_to_api(ui, info)
+        for path, data in ((WORKFLOWS_DIR / f"{v.name}.json", ui), (API_DIR / f"{v.name}.json", api)):
+            out[path] = ((json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode(), "json")
+        out[WORKFLOWS_DIR / f"{v.name}.png"] = (png_bytes(render_card(v), api, ui), "png")
+        out[WORKFLOWS_DIR / f"{v.name}.jpg"] = (jpg_bytes(render_thumbnail(v)), "jpg")
+    buf = io.BytesIO()
+    render_icon().save(buf, format="PNG", compress_level=9)
+    out[WORKFLOWS_DIR / "icon.png"] = (buf.getvalue(), "png")
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if the files on disk differ")
+    args = parser.parse_args()
+    files = generate(object_info_in_process())
+    stale = []
+    for path, (content, kind) in files.items():
+        if args.check:
+            same = {"json": lambda: path.exists() and path.read_bytes() == content,
+                    "png": lambda: _same_png(path, content), "jpg": lambda: _same_jpg(path, content)}[kind]()
+            if not same:
+                stale.append(str(path.relative_to(REPO)))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if kind == "json" and path.exists() and path.read_bytes() == content:
+                continue
+            if kind in ("png", "jpg") and (_same_png if kind == "png" else _same_jpg)(path, content):
+                continue  # same pictures and chunks: keep the file (no churn from encoder versions)
+            path.write_bytes(content)
+            print("wrote", path.relative_to(REPO))
+    known = {p.name for p in files if p.parent == WORKFLOWS_DIR}
+    extra = [p for p in sorted(WORKFLOWS_DIR.glob("*")) if p.is_file() and p.name not in known]
+    extra += [p for p in sorted(API_DIR.glob("*.json")) if p not in files]
+    if extra:
+        print("not generated by this script (remove them, or declare them here):",
+              *(str(p.relative_to(REPO)) for p in extra), sep="\n  ")
+        if args.check:
+            return 1
+    if stale:
+        print("out of date (run scripts/build_workflows.py):", *stale, sep="\n  ")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
