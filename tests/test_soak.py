@@ -1,0 +1,128 @@
+"""Soak: 200 prompts through the real server on the tiny models.
+
+Mixed DiT tiers (bf16 safetensors, the same weights as fp8 in memory, a Q8_0 GGUF), seeds and sizes, with a
+bad-file prompt every 20. The server's RSS after warm-up stays within +-5 %, every good prompt yields its own
+image (the PNG carries its own prompt: nothing was overwritten, names are unique), and every failing prompt
+reports its error, naming the file, in /history.
+
+Runs once per suite: scripts/test.sh sets ZIT_SOAK=0 on all hosts but the newest. ZIT_SOAK_PROMPTS changes
+the prompt count (e.g. 2000 for a long soak, see README "Reliability").
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from zimage_turbo.fixtures.tiny_models import TINY_FILE_NAMES
+from zimage_turbo.headless.server import history_error, output_images
+from zimage_turbo.headless.workflow import set_inputs, substitute_models
+
+pytestmark = [pytest.mark.server, pytest.mark.soak,
+              pytest.mark.skipif(os.environ.get("ZIT_SOAK") == "0", reason="the soak runs on one host (ZIT_SOAK=0)")]
+REPO = Path(__file__).resolve().parents[1]
+N_PROMPTS = int(os.environ.get("ZIT_SOAK_PROMPTS", 200))
+BLOCK = 20  # prompts queued at once; one of them is the bad-file prompt; RSS is read after each block
+WARMUP_BLOCKS = 1
+RSS_TOLERANCE = 0.05
+SIZES = [(64, 64), (96, 64), (64, 112), (128, 128)]
+PREFIX = "zit_soak"  # one prefix for all: ComfyUI's own counter must keep every name unique
+
+
+def _bad_files(models: Path, tiny_models_dir: Path) -> list[tuple[str, str]]:
+    """(folder, file name) of broken files, made in the server's models folders."""
+    dit = (tiny_models_dir / "diffusion_models" / TINY_FILE_NAMES["diffusion_models"]).read_bytes()
+    made = {
+        ("diffusion_models", "soak_truncated_dit.safetensors"): dit[: len(dit) // 3],
+        ("text_encoders", "soak_empty_te.safetensors"): b"",
+        ("vae", "soak_pickle_vae.safetensors"): b"\x80\x04\x95" + b"\0" * 64,
+        ("diffusion_models", "soak_garbage.gguf"): b"GGUF" + b"\xff" * 60,
+    }
+    for (folder, name), data in made.items():
+        (models / folder / name).write_bytes(data)
+    shutil.copy(tiny_models_dir / "vae" / TINY_FILE_NAMES["vae"], models / "diffusion_models" / "soak_vae_as_dit.safetensors")
+    return list(made) + [("diffusion_models", "soak_vae_as_dit.safetensors")]
+
+
+def _tiers(models: Path, tiny_models_dir: Path) -> list[tuple[str, str]]:
+    """(DiT file, weight_dtype) of each tier."""
+    from zimage_turbo.quant.convert import convert_to_gguf
+    gguf = models / "diffusion_models" / "soak_tiny_q8_0.gguf"
+    if not gguf.exists():
+        convert_to_gguf(tiny_models_dir / "diffusion_models" / TINY_FILE_NAMES["diffusion_models"], gguf, "Q8_0")
+    bf16 = TINY_FILE_NAMES["diffusion_models"]
+    return [(bf16, "default"), (gguf.name, "default"), (bf16, "fp8_e4m3fn")]
+
+
+def _prompt(api: dict, dit: str, weight_dtype: str, seed: int, size: tuple[int, int], text: str) -> dict:
+    prompt = substitute_models(api, {**TINY_FILE_NAMES, "diffusion_models": dit})
+    set_inputs(prompt, "ZImageDiffusionModelLoader", {"weight_dtype": weight_dtype})
+    set_inputs(prompt, "ZImageTurboSampler", {"seed": seed, "width": size[0], "height": size[1], "steps": 2})
+    set_inputs(prompt, "CLIPTextEncode", {"text": text})
+    set_inputs(prompt, "SaveImage", {"filename_prefix": PREFIX})
+    return prompt
+
+
+def test_soak_200_prompts(server, tiny_models_dir):
+    api = json.loads((REPO / "workflows" / "api" / "z_image_turbo_basic.json").read_text())
+    models = server.base_dir / "models"
+    tiers = _tiers(models, tiny_models_dir)
+    bad_files = _bad_files(models, tiny_models_dir)
+    rss: list[int] = []
+    good: dict[str, dict] = {}
+    bad: dict[str, str] = {}
+    start = time.monotonic()
+    for block_start in range(0, N_PROMPTS, BLOCK):
+        queued = []
+        block_time = time.monotonic()
+        for i in range(block_start, min(block_start + BLOCK, N_PROMPTS)):
+            # each block: 6 prompts per tier (loaded models reused, then swapped), the bad-file prompt, and one
+            # prompt of the first tier, so that every block ends in the same state before RSS is read
+            j = i % BLOCK
+            tier = tiers[0] if j == BLOCK - 1 else tiers[(j // 6) % len(tiers)]
+            prompt = _prompt(api, *tier, seed=1000 + i, size=SIZES[i % len(SIZES)], text=f"a fox, take {i % 3}")
+            if j == BLOCK - 2:
+                folder, name = bad_files[(i // BLOCK) % len(bad_files)]
+                prompt = substitute_models(prompt, {folder: name})
+                bad_id = server.queue_prompt(prompt)
+                bad[bad_id] = name
+                queued.append(bad_id)
+            else:
+                prompt_id = server.queue_prompt(prompt)
+                good[prompt_id] = prompt
+                queued.append(prompt_id)
+        server.wait_for(queued[-1], timeout=600)
+        time.sleep(0.5)
+        rss.append(server.rss())
+        print(f"soak block {block_start // BLOCK}: {time.monotonic() - block_time:.1f} s, RSS {rss[-1] >> 20} MiB",
+              flush=True)
+
+    history = {pid_: server.request(f"/history/{pid_}")[pid_] for pid_ in [*good, *bad]}
+    names = []
+    for prompt_id, prompt in good.items():
+        entry = history[prompt_id]
+        assert history_error(entry) is None, f"good prompt failed: {history_error(entry)}"
+        images = output_images(entry)
+        assert len(images) == 1
+        image = images[0]
+        names.append((image["subfolder"], image["filename"]))
+        png = Image.open(server.base_dir / "output" / image["subfolder"] / image["filename"])
+        assert json.loads(png.text["prompt"]) == prompt, f"{image['filename']} holds another prompt's image"
+        assert png.size == (prompt["5"]["inputs"]["width"], prompt["5"]["inputs"]["height"])
+    assert len(set(names)) == len(names) == len(good), "an output name was used twice"
+    for prompt_id, name in bad.items():
+        error = history_error(history[prompt_id])
+        assert error is not None and name in error and "expected" in error, error
+        assert not output_images(history[prompt_id])
+
+    baseline = rss[WARMUP_BLOCKS - 1]  # right after the warm-up block
+    drift = [r / baseline - 1 for r in rss[WARMUP_BLOCKS:]]
+    report = ", ".join(f"{r >> 20}" for r in rss)
+    print(f"soak: {N_PROMPTS} prompts in {time.monotonic() - start:.0f} s; RSS per block (MiB): {report}")
+    assert max(abs(d) for d in drift) <= RSS_TOLERANCE, f"RSS after warm-up drifted {max(drift, key=abs):+.1%} " \
+                                                        f"(MiB per block: {report})"
