@@ -18,17 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from bench_host import setup_host
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _bootstrap(cpu: bool) -> None:
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = cpu
-    try:
-        import utils.extra_config  # noqa: F401
-    except ImportError:
-        pass
 
 
 def _emulate_card(cap: int) -> None:
@@ -54,6 +46,7 @@ def _emulate_card(cap: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--comfyui", help="ComfyUI folder (default: the one on sys.path)")
     ap.add_argument("--cap-gib", type=float, default=6.0)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 1536])
     ap.add_argument("--dit-weight-dtype", default="fp8_e4m3fn", help="weight_dtype of the DiT (default fp8_e4m3fn)")
@@ -67,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cuda and not args.quick:
         print("bench/lowvram.py needs CUDA for the full-size run (use --quick for the tiny CPU path).")
         return 2
-    _bootstrap(cpu=not cuda)
+    setup_host(args.comfyui, cpu=not cuda)
     import comfy.model_management as mm
     import comfy.sd
     from zimage_turbo.fixtures import shapes

@@ -26,28 +26,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from bench_host import setup_host
+
 REPO = Path(__file__).resolve().parents[1]
 PROMPT_TOKENS = 128
-
-
-def setup_host(comfyui: str | None, cpu: bool) -> None:
-    """Make ComfyUI and the pack (as `zimage_turbo`) importable; CPU mode unless a GPU is wanted."""
-    if comfyui:
-        sys.path.insert(0, comfyui)
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]
-    sys.path.insert(0, str(REPO.parent))
-    if "zimage_turbo" not in sys.modules:
-        try:
-            import zimage_turbo  # noqa: F401  (installed, or the repo folder is named zimage_turbo)
-        except ImportError:
-            import importlib.util
-            spec = importlib.util.spec_from_file_location("zimage_turbo", REPO / "__init__.py",
-                                                          submodule_search_locations=[str(REPO)])
-            module = importlib.util.module_from_spec(spec)
-            sys.modules["zimage_turbo"] = module
-            spec.loader.exec_module(module)
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = cpu
 
 
 def rss_gib() -> float:

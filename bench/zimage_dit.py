@@ -21,24 +21,10 @@ import sys
 import time
 from pathlib import Path
 
+from bench_host import setup_host
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FORMATS = "core_bf16,core_fp8,core_fp8_fast,bf16,Q8_0,Q4_K"
-
-
-def setup_host(comfyui: str | None, cpu: bool):
-    if comfyui:
-        sys.path.insert(0, comfyui)
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]
-    sys.path.insert(0, str(REPO.parent))
-    if REPO.name != "zimage_turbo":  # make the pack importable as `zimage_turbo`
-        import importlib.util
-        spec = importlib.util.spec_from_file_location("zimage_turbo", REPO / "__init__.py",
-                                                      submodule_search_locations=[str(REPO)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["zimage_turbo"] = module
-        spec.loader.exec_module(module)
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = cpu
 
 
 def quantize_sd(sd, target: str, device):
@@ -121,8 +107,12 @@ def main() -> int:
     print(f"# device {torch.cuda.get_device_name(0) if cuda else 'cpu'}, torch {torch.__version__}, "
           f"{sum(v.numel() for v in base.values()) / 1e9:.2f}B params, {size}², {args.steps} steps, "
           f"cap {args.cap_gib or 'none'} GiB; weights built in {time.perf_counter() - t0:.1f} s", flush=True)
+    formats = args.formats.split(",")
+    if args.quick and any(f.startswith("core_") for f in formats):
+        print("  core_*: skipped (ComfyUI's own loader detects Z-Image only at the real width, 3840)")
+        formats = [f for f in formats if not f.startswith("core_")]
     rows = []
-    for fmt in args.formats.split(","):
+    for fmt in formats:
         t0 = time.perf_counter()
         sd = base if not fmt.startswith("Q") else quantize_sd(base, fmt, device)
         prep = time.perf_counter() - t0
@@ -139,7 +129,7 @@ def main() -> int:
         mm.soft_empty_cache()
         gc.collect()
     ref = {r[0]: r[3] for r in rows}
-    print(f"\n| format | weights GiB | prep s | first s | steady s | s/step | peak VRAM GiB | vs core_bf16 | vs core_fp8 |")
+    print("\n| format | weights GiB | prep s | first s | steady s | s/step | peak VRAM GiB | vs core_bf16 | vs core_fp8 |")
     print("|---|---|---|---|---|---|---|---|---|")
     for fmt, prep, first, steady, peak, gib in rows:
         vs = lambda k: f"{steady / ref[k]:.2f}×" if k in ref else "–"

@@ -47,7 +47,10 @@ FUZZ = settings(max_examples=PER_STRATEGY, deadline=1000, derandomize=True, data
                 # the strategies are cheap but the checked call is not: data generation is never the slow part
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 MAX_SECONDS = 1.0
-SLACK_BYTES = 8 << 20  # interpreter/allocator noise on top of the 2x-file-size budget
+SLACK_BYTES = 8 << 20  # interpreter/allocator noise on top of the 2x-file-size budget (Python allocations)
+# Peak RSS also moves with arena growth, page cache of the mmap'd file and the GC: seen 10 MB once in 10 000
+# cases for a 100 KB file. A real over-allocation (a planted 2 GiB length) is far above this.
+RSS_SLACK_BYTES = 32 << 20
 _TMP = Path(tempfile.mkdtemp(prefix="zit_fuzz_", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
 
 # The smallest DiT ComfyUI builds (its timestep embedder is 256 wide) and a smaller one it cannot (a damaged seed).
@@ -96,7 +99,7 @@ def _run_case(fn, size: int, allowed: tuple[type[BaseException], ...]):
     assert peak < budget, f"allocated {peak} bytes for a {size}-byte file"
     if rss_before is not None:
         grown = _status("VmHWM") - rss_before
-        assert grown < budget, f"peak RSS grew {grown} bytes for a {size}-byte file"
+        assert grown < 2 * size + RSS_SLACK_BYTES, f"peak RSS grew {grown} bytes for a {size}-byte file"
     return error
 
 
