@@ -9,8 +9,9 @@ Formulas (B batch, H×W pixels, ds bytes per compute element, 2 for bf16/fp16):
   GGUF quantized tensors stay in their blocks (numel / block · bytes-per-block); plain tensors (F32/F16/BF16)
   in the compute dtype (ds); fp8 tensors stay fp8 (1 byte) when the card computes fp8 or the model would not
   fit in 16 bit, else they are upcast (ComfyUI `unet_dtype`); `weight_dtype=fp8_*` stores every ≥2-D weight in
-  1 byte ("halves bf16"). The VAE and text encoder are held in ds. A GGUF text encoder's token embedding
-  (151936×2560) is dequantized to 16 bit on load (ComfyUI-GGUF does this for ≥ 65536 rows).
+  1 byte ("halves bf16"). The VAE and text encoder are held in ds. A GGUF text encoder stays quantized,
+  its token embedding included (the pack dequantizes only the prompt's rows), and the text encoder's last
+  layer, final norm and output head are never loaded (Z-Image reads hidden state −2).
 * DiT activations (`dit_activation_bytes`): tokens T = ⌈H/16⌉·⌈W/16⌉ + 32·⌈L/32⌉ (image patches + caption
   padded to 32, L prompt tokens); peak = B·T·(15·D·ds + 8·head_dim) (15 D-wide tensors alive at the worst
   point of a block, RoPE tables in fp32). The coefficient was measured with `PeakTracker` on the tiny DiT
@@ -122,23 +123,45 @@ def _is_quantized(dtype: str) -> bool:
     return dtype not in ST_BYTES
 
 
+TE_BLOCK_PREFIXES = ("model.layers.", "blk.")
+TE_HEAD_NAMES = ("model.norm.weight", "output_norm.weight", "lm_head.weight", "output.weight")
+MIN_TE_LAYERS_TO_DROP = 3  # loaders.text_encoder.can_drop_last
+
+
+def _te_block(name: str) -> int | None:
+    for prefix in TE_BLOCK_PREFIXES:
+        if name.startswith(prefix):
+            index = name[len(prefix):].partition(".")[0]
+            return int(index) if index.isdigit() else None
+    return None
+
+
+def te_unloaded(mf: ModelFile) -> set[str]:
+    """Tensors of a text encoder file the pack never loads: the last layer, the final norm, the output head."""
+    blocks = {b for t in mf.tensors if (b := _te_block(t.name)) is not None}
+    if mf.role != "te" or len(blocks) < MIN_TE_LAYERS_TO_DROP:
+        return set()
+    last = max(blocks)
+    return {t.name for t in mf.tensors if t.name in TE_HEAD_NAMES or _te_block(t.name) == last}
+
+
 def resident_bytes(mf: ModelFile, host: HostProfile = HostProfile(), weight_dtype: str = "default",
                    usable: int | None = None) -> int:
     """Bytes ComfyUI holds on the card for this model once fully loaded (see module doc)."""
     ds = host.vae_bytes if mf.role == "vae" else host.compute_bytes
     n_params = mf.n_params
     keep_fp8 = host.fp8_compute or (usable is not None and n_params * 2 > usable)
+    skipped = te_unloaded(mf)
     total = 0
     for t in mf.tensors:
+        if t.name in skipped:
+            continue
         if mf.role == "dit" and weight_dtype.startswith("fp8") and len(t.shape) >= 2:
             total += t.numel if not _is_quantized(t.dtype) else t.n_bytes
         elif mf.role == "dit" and weight_dtype in ("bf16", "fp16", "fp32") and not _is_quantized(t.dtype):
             total += t.numel * {"bf16": 2, "fp16": 2, "fp32": 4}[weight_dtype]
         elif _is_quantized(t.dtype):
-            if mf.role == "te" and t.name.startswith("token_embd") and t.shape[0] >= 65536:
-                total += t.numel * 2  # dequantized to 16 bit on load
-            else:
-                total += t.n_bytes
+            total += t.n_bytes
         elif t.dtype in FP8_TYPES:
             total += t.numel if (keep_fp8 or mf.role != "dit") else t.numel * ds
         else:

@@ -10,7 +10,7 @@ import pytest
 from zimage_turbo.planner import estimate as E
 from zimage_turbo.planner.catalog import published_files
 from zimage_turbo.planner.files import inspect_file, scan_models_dir, synthetic_dit, synthetic_te, synthetic_vae
-from zimage_turbo.fixtures.shapes import TINY_DIT
+from zimage_turbo.fixtures.shapes import QWEN3_4B, TINY_DIT
 from zimage_turbo.quant.types import QUANT_TYPES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,12 +60,16 @@ def test_fp8_weight_dtype_halves_bf16_matrices():
     assert E.resident_bytes(fp8, host, usable=40 * GiB) > 1.9 * fp8.weight_bytes  # upcast when bf16 fits
 
 
-def test_gguf_te_embedding_dequantized():
+def test_gguf_te_stays_quantized_without_its_last_layer():
     q6 = synthetic_te("Q6_K")
-    emb = 151936 * 2560
-    # token_embd: Q6_K in the file, 16 bit on the card; norms: F32 in the file, bf16 on the card
-    norms = sum(t.numel for t in q6.tensors if len(t.shape) == 1)
-    assert E.resident_bytes(q6) == q6.weight_bytes - emb * 210 // 256 + 2 * emb - 2 * norms
+    last = f"blk.{QWEN3_4B.num_hidden_layers - 1}."
+    loaded = [t for t in q6.tensors if not t.name.startswith(last) and t.name not in ("output_norm.weight",)]
+    assert len(loaded) < len(q6.tensors)
+    # quantized tensors (token_embd included) stay in their blocks; 1-D F32 norms are held in bf16
+    expected = sum(t.n_bytes if len(t.shape) >= 2 else 2 * t.numel for t in loaded)
+    assert E.resident_bytes(q6) == expected
+    emb = next(t for t in q6.tensors if t.name == "token_embd.weight")
+    assert emb.n_bytes == 151936 * 2560 * 210 // 256  # Q6_K: 210 bytes per 256 weights, never 16 bit
 
 
 @pytest.mark.parametrize("side,expected_mib", [(512, 229.376), (1024, 917.504), (2048, 3670.016)])
@@ -202,6 +206,23 @@ def test_weight_bytes_match_comfy_accounting(tiny_loaded, tiny_paths):
     assert _within(E.resident_bytes(inspect_file(tiny_paths["vae"]), host), vae.patcher.model_size())
     te_host = E.HostProfile(compute_bytes=mm.dtype_size(max(te.patcher.model.parameters(), key=lambda p: p.numel()).dtype))
     assert _within(E.resident_bytes(inspect_file(tiny_paths["text_encoders"]), te_host), te.patcher.model_size())
+
+
+@pytest.mark.parametrize("type_name", ["Q8_0", "Q4_K"])
+def test_gguf_te_bytes_match_comfy_accounting(comfy_host, tmp_path, type_name):
+    """The planner's bytes for a GGUF text encoder equal what ComfyUI counts for the loaded CLIP."""
+    import torch
+    from zimage_turbo.fixtures.shapes import TINY_QWEN3
+    from zimage_turbo.fixtures.tiny_models import write_qwen3_gguf
+    from zimage_turbo.loaders.text_encoder import load_qwen3_text_encoder
+    path = write_qwen3_gguf(tmp_path / f"qwen3-{type_name}.gguf", TINY_QWEN3, type_name)
+    with torch.inference_mode():
+        te = load_qwen3_text_encoder(path)
+    mf = inspect_file(path)
+    assert E.te_unloaded(mf)  # the last layer is left out...
+    dtypes = {p.dtype for p in te.patcher.model.parameters() if p.ndim == 1}
+    host = E.HostProfile(compute_bytes=max(torch.finfo(d).bits // 8 for d in dtypes))
+    assert _within(E.resident_bytes(mf, host), te.patcher.model_size(), 0.02)  # ...and the embedding quantized
 
 
 def test_fp8_weight_bytes_match_comfy_accounting(comfy_host, tiny_paths):
