@@ -78,3 +78,35 @@ def test_quantized_lora_is_a_side_computation(models, monkeypatch):
     # unpatching removes the side computation again
     patched.unpatch_model()
     assert layer.lora_side == []
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.7])
+def test_partially_loaded_gguf_with_lora_equals_fully_loaded(models, fraction):
+    """ComfyUI's low-VRAM partial loading (layers left on the offload device, cast per use) changes nothing.
+
+    `load(lowvram_model_memory=...)` is what load_models_gpu does when the model does not fit; on the CPU the
+    "offloaded" layers take the same per-use cast path (comfy_cast_weights) as on a small card.
+    """
+    import comfy.model_management as mm
+    _, q8 = models
+    patched = _apply(q8, _lora_state_dict(q8, seed=7), 0.9)
+    g = torch.Generator().manual_seed(11)
+    x, context = torch.randn(1, 16, 8, 8, generator=g), torch.randn(1, 12, 256, generator=g)
+
+    def forward():
+        with torch.inference_mode():
+            return patched.model.apply_model(x, torch.tensor([0.6]), c_crossattn=context, num_tokens=12)
+    cpu = torch.device("cpu")
+    mm.unload_all_models()
+    patched.load(cpu, lowvram_model_memory=0, full_load=True)
+    full = forward()
+    patched.unpatch_model(cpu)
+    budget = max(1, int(patched.model_size() * fraction))
+    patched.load(cpu, lowvram_model_memory=budget, full_load=False)
+    try:
+        cast_per_use = [m for m in patched.model.modules() if getattr(m, "comfy_cast_weights", False)]
+        assert patched.model.model_lowvram and len(cast_per_use) > 10
+        assert any(getattr(m, "lora_side", None) for m in cast_per_use), "a LoRA'd layer must be among them"
+        assert torch.equal(forward(), full)
+    finally:
+        patched.unpatch_model(cpu)
