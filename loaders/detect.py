@@ -76,6 +76,16 @@ def _dims(shape, rank: int) -> bool:
     return len(shape) == rank and all(isinstance(d, int) and d > 0 for d in shape)
 
 
+def _rank_problem(s: Shapes, needed: dict[str, int]) -> str | None:
+    """The first of `needed` (key -> rank) that is missing or has another rank / a non-positive size."""
+    for key, rank in needed.items():
+        if key not in s:
+            return f"tensor '{key}' missing"
+        if not _dims(s[key], rank):
+            return f"tensor '{key}' of shape {list(s[key])}"
+    return None
+
+
 # Sizes fixed by the architecture (ComfyUI's NextDiT with z_image modulation builds them whatever the width).
 ZIMAGE_T_FREQ, ZIMAGE_ADALN, ZIMAGE_T_HIDDEN = 256, 256, 1024
 
@@ -85,11 +95,9 @@ def zimage_dit_problem(s: Shapes) -> str | None:
     needed = {"cap_embedder.1.weight": 2, "layers.0.attention.q_norm.weight": 1, "layers.0.attention.qkv.weight": 2,
               "x_embedder.weight": 2, "layers.0.feed_forward.w1.weight": 2, "layers.0.adaLN_modulation.0.weight": 2,
               "t_embedder.mlp.0.weight": 2}
-    for key, rank in needed.items():
-        if key not in s:
-            return f"tensor '{key}' missing"
-        if not _dims(s[key], rank):
-            return f"tensor '{key}' of shape {list(s[key])}"
+    problem = _rank_problem(s, needed)
+    if problem:
+        return problem
     dim, cap = s["cap_embedder.1.weight"]
     head_dim = s["layers.0.attention.q_norm.weight"][0]
     qkv_rows = s["layers.0.attention.qkv.weight"][0]
@@ -134,11 +142,9 @@ def qwen3_problem(s: Shapes) -> str | None:
     needed = {"model.embed_tokens.weight": 2, "model.layers.0.self_attn.q_norm.weight": 1,
               "model.layers.0.self_attn.q_proj.weight": 2, "model.layers.0.self_attn.k_proj.weight": 2,
               "model.layers.0.mlp.gate_proj.weight": 2}
-    for key, rank in needed.items():
-        if key not in s:
-            return f"tensor '{key}' missing"
-        if not _dims(s[key], rank):
-            return f"tensor '{key}' of shape {list(s[key])}"
+    problem = _rank_problem(s, needed)
+    if problem:
+        return problem
     vocab, hidden = s["model.embed_tokens.weight"]
     head_dim = s["model.layers.0.self_attn.q_norm.weight"][0]
     q_rows = s["model.layers.0.self_attn.q_proj.weight"][0]

@@ -160,24 +160,27 @@ def test_quantize_killed_before_publishing_leaves_no_file_under_the_final_name(b
     _assert_nothing_under_final_name(tmp_path, out)
 
 
+def _race_quantize(src: Path, out: Path, act, won, attempts: int = 5) -> tuple[subprocess.Popen, str]:
+    """Run the quantize command and call act(proc) as soon as its temporary appears, until won(proc) says the
+    race was won (the command may finish first: then the finished output is removed and it runs again).
+    Returns the process and its stderr."""
+    for attempt in range(attempts):
+        proc = _quantize(src, out, "Q8_0")
+        if _wait_for_temporary(proc, out.parent, out) is not None:
+            act(proc)
+        _, err = proc.communicate(timeout=300)
+        if won(proc):
+            return proc, err.decode()
+        assert proc.returncode == 0 and out.exists(), err.decode()[-2000:]
+        out.unlink()
+    pytest.fail("the quantize command always finished before the race could be won")
+
+
 @host_independent
 def test_quantize_killed_mid_write_leaves_no_file_under_the_final_name(big_dit, tmp_path):
-    """A kill while the GGUF's tensor data is being written (timed: retried when the write beat the kill)."""
+    """A kill while the GGUF's tensor data is being written."""
     out = tmp_path / "out.gguf"
-    for attempt in range(5):
-        proc = _quantize(big_dit, out, "Q8_0")
-        temporary = _wait_for_temporary(proc, tmp_path, out)
-        if temporary is not None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-        proc.stdout.close()
-        proc.stderr.close()
-        if proc.returncode == -signal.SIGKILL:
-            break
-        assert proc.returncode == 0 and out.exists()
-        out.unlink()
-    else:
-        pytest.fail("never caught the quantize command mid-write")
+    _race_quantize(big_dit, out, lambda p: p.send_signal(signal.SIGKILL), lambda p: p.returncode == -signal.SIGKILL)
     _assert_nothing_under_final_name(tmp_path, out)
 
 
@@ -199,17 +202,8 @@ def test_quantize_never_replaces_an_existing_file(tmp_path, tiny_paths, qtype, s
 def test_quantize_keeps_a_file_that_appears_while_it_runs(big_dit, tmp_path):
     """The GGUF is moved into place with a link that fails when the name was taken meanwhile."""
     out = tmp_path / "out.gguf"
-    for attempt in range(3):
-        proc = _quantize(big_dit, out, "Q8_0")
-        temporary = _wait_for_temporary(proc, tmp_path, out)
-        if temporary is not None:
-            out.write_bytes(b"appeared meanwhile")
-        _, err = proc.communicate(timeout=300)
-        if temporary is not None:
-            break
-        out.unlink()
-    else:
-        pytest.fail("the quantize command always finished before its output could be raced")
-    assert proc.returncode != 0 and "already exists" in err.decode()
+    proc, err = _race_quantize(big_dit, out, lambda p: out.write_bytes(b"appeared meanwhile"),
+                               lambda p: p.returncode != 0)  # 0: it published before the file appeared
+    assert proc.returncode != 0 and "already exists" in err
     assert out.read_bytes() == b"appeared meanwhile"
     assert not _temporaries(tmp_path, out), "the temporary was left behind after a refused rename"
