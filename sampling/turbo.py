@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .guards import check_context_width
 from .schedules import is_pack_schedule, pack_sigmas
 
 LATENT_CHANNELS = 16
@@ -55,23 +56,11 @@ def per_image_noise(latent_image: torch.Tensor, seeds: list[int]) -> torch.Tenso
     return torch.cat([comfy.sample.prepare_noise(latent_image[i:i + 1], s) for i, s in enumerate(seeds)])
 
 
-class ConditioningMismatchError(ValueError):
-    """The conditioning does not fit the diffusion model (e.g. a text encoder of another size)."""
-
-
 def check_caption_width(model, conditioning: list, what: str = "positive") -> None:
-    """Raise ConditioningMismatchError when the conditioning's width is not the DiT's caption width.
-
-    Z-Image's DiT embeds the text encoder's hidden states (2560 wide for Qwen3-4B); a Qwen3-8B or another
-    model's conditioning would otherwise fail deep inside torch with a bare shape message.
-    """
+    """Raise ConditioningMismatchError when the conditioning's width is not the DiT's caption width."""
     expected = model.model.model_config.unet_config.get("cap_feat_dim")
     for cond, _ in conditioning or []:
-        if expected is not None and cond.shape[-1] != expected:
-            raise ConditioningMismatchError(
-                f"{what} conditioning is {cond.shape[-1]} wide but this Z-Image DiT takes caption features "
-                f"{expected} wide: the text encoder does not belong to this model (Z-Image-Turbo uses Qwen3-4B, "
-                f"hidden size 2560). Load the text encoder that matches the DiT.")
+        check_context_width(expected, cond.shape[-1], what)
 
 
 def turbo_sample(model, positive: list, latent: dict, seed: int, steps: int = 8, cfg: float = 1.0,

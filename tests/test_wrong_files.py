@@ -238,26 +238,47 @@ def test_truncated_gguf(comfy_host, gguf_files, tmp_path, loader, cut):
 
 
 # ------------------------------------------------------------------------------------------------ sizes
-def test_encoder_width_that_does_not_fit_the_dit_fails_clearly(comfy_host, tiny_paths, tmp_path):
-    """A Qwen3 encoder whose hidden size differs from the DiT's caption width: the failure names both sizes."""
+@pytest.fixture(scope="module")
+def wide_encoder_run(comfy_host, tiny_paths, tmp_path_factory):
+    """Conditioning from a Qwen3 encoder 384 wide, and the tiny DiT that takes 256-wide caption features."""
+    import dataclasses
     from zimage_turbo.fixtures.shapes import TINY_QWEN3
     from zimage_turbo.fixtures.tiny_models import build_qwen3_state_dict
     from zimage_turbo.loaders.dit import load_zimage_dit
     from zimage_turbo.loaders.text_encoder import load_qwen3_text_encoder
-    from zimage_turbo.sampling.turbo import empty_latent, turbo_sample
-    import dataclasses
     wide = dataclasses.replace(TINY_QWEN3, hidden_size=384, vocab_size=151936)
-    path = tmp_path / "qwen3_wide.safetensors"
+    path = tmp_path_factory.mktemp("wide") / "qwen3_wide.safetensors"
     save_file(build_qwen3_state_dict(wide), str(path))
     clip = load_qwen3_text_encoder(path)
-    tokens = clip.tokenize("a fox")
-    cond = clip.encode_from_tokens_scheduled(tokens)
-    model = load_zimage_dit(tiny_paths["diffusion_models"])
-    with pytest.raises(Exception) as info:
-        turbo_sample(model, cond, empty_latent(64, 64), seed=1, steps=1)
-    message = str(info.value)
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a fox"))
+    return load_zimage_dit(tiny_paths["diffusion_models"]), cond
+
+
+def _assert_names_both_widths(message: str) -> None:
     assert "384" in message and "256" in message, message
-    assert "text encoder" in message.lower() or "caption" in message.lower(), message
+    assert "text encoder" in message.lower(), message
+
+
+def test_encoder_width_that_does_not_fit_the_dit_fails_clearly(wide_encoder_run):
+    """The pack's sampler refuses before sampling, naming both sizes."""
+    from zimage_turbo.sampling.guards import ConditioningMismatchError
+    from zimage_turbo.sampling.turbo import empty_latent, turbo_sample
+    model, cond = wide_encoder_run
+    with pytest.raises(ConditioningMismatchError) as info:
+        turbo_sample(model, cond, empty_latent(64, 64), seed=1, steps=1)
+    _assert_names_both_widths(str(info.value))
+
+
+def test_encoder_width_mismatch_is_clear_through_core_ksampler(wide_encoder_run):
+    """Core KSampler (comfy.sample.sample) on the pack's MODEL: the model's guard names both sizes too."""
+    import comfy.sample
+    from zimage_turbo.sampling.guards import ConditioningMismatchError
+    model, cond = wide_encoder_run
+    latent = torch.zeros(1, 16, 8, 8)
+    noise = comfy.sample.prepare_noise(latent, 1)
+    with pytest.raises(ConditioningMismatchError) as info:
+        comfy.sample.sample(model.clone(), noise, 1, 1.0, "euler", "simple", cond, [], latent, disable_pbar=True)
+    _assert_names_both_widths(str(info.value))
 
 
 # ------------------------------------------------------------------------------------------------ no pickle, no eval
