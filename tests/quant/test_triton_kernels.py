@@ -26,9 +26,10 @@ SCRIPT = textwrap.dedent("""
         qt = get_quant_type(name)
         raw = rng.integers(0, 256, size=(37, qt.type_size), dtype=np.uint8)
         raw[0] = 0; raw[1] = 255  # all-zero and all-ones codes
-        for off in F16_AT[name]:  # finite scales, including zero and subnormal ones
+        for off in F16_AT[name]:  # finite scales, including zero, subnormal and negative ones
             scales = rng.integers(0x0001, 0x3C00, size=37, dtype=np.uint16)
             scales[2] = 0
+            scales[3:9] |= 0x8000  # negative scales (llama.cpp writes them, e.g. Q6_K's d)
             raw[:, off:off + 2] = scales.astype("<u2").view(np.uint8).reshape(37, 2)
         blocks = torch.from_numpy(raw)
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
