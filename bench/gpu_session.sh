@@ -2,7 +2,8 @@
 # One command for a GPU session: the GPU measurements the issues ask for, each under its own time limit,
 # each step's output saved to OUT_DIR/<step>.txt.
 #
-#   bash bench/gpu_session.sh [STEP ...]       STEP: kernels dit dit6 lowvram (default: all, about 9 min on an H100)
+#   bash bench/gpu_session.sh [STEP ...]       STEP: kernels dit dit6 lowvram (default: all)
+#   The step limits add up to 10 min: on the device tool run it as two calls, `kernels dit` and `dit6 lowvram`.
 #   env: OUT (output folder, default bench/results), COMFYUI (default .gpu/ComfyUI)
 #
 # kernels  every GGML type's GPU dequantization (Triton kernels where they exist) bit for bit against gguf-py
