@@ -46,6 +46,24 @@ def block_index(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+# Z-Image reads hidden state -2: the last layer is not built when at least this many layers exist
+# (ComfyUI's hidden-layer option needs 2 layers built).
+MIN_LAYERS_TO_DROP_LAST = 3
+QWEN3_HEAD_KEYS = ("model.norm.weight", "lm_head.weight")
+
+
+def can_drop_last(num_layers: int) -> bool:
+    """Whether the encoder is built without its last layer and final norm (see text_encoder.encoder_class)."""
+    return num_layers >= MIN_LAYERS_TO_DROP_LAST
+
+
+def unused_qwen3_keys(keys, num_layers: int) -> set[str]:
+    """HF-named keys of the last layer, the final norm and the output head: never read when the last layer is
+    dropped."""
+    return {k for k in keys if k in QWEN3_HEAD_KEYS
+            or (k.startswith("model.layers.") and block_index(k) == num_layers - 1)}
+
+
 def llama_cpp_to_hf(name: str) -> str | None:
     """HF name of a llama.cpp Qwen3 tensor name, or None when the name is not part of the Qwen3 layout."""
     m = _BLOCK.match(name)

@@ -23,7 +23,7 @@ from . import host
 from .config import count_blocks, infer_qwen3_config
 from .detect import classify, describe, strip_known_prefix
 from .errors import ModelFileError
-from .keymaps import block_index, map_qwen3_names, qwen3_layer_keys
+from .keymaps import block_index, can_drop_last, map_qwen3_names, qwen3_layer_keys, unused_qwen3_keys
 from .safetensors_file import load_tensors, read_header
 
 log = logging.getLogger(__name__)
@@ -102,11 +102,6 @@ def encoder_options(config: dict, drop_last: bool) -> dict:
     return {"qwen3_4b_model_config": model_config, "qwen3_4b_class": encoder_class()}
 
 
-def can_drop_last(num_layers: int) -> bool:
-    """ComfyUI's hidden-layer option needs at least 2 layers built."""
-    return num_layers >= 3
-
-
 # ----------------------------------------------------------------------------------------- safetensors
 def check_qwen3(path: str | os.PathLike, shapes: dict) -> dict:
     """Raise ModelFileError unless `shapes` is a Qwen3 encoder ComfyUI can run; return its config."""
@@ -121,12 +116,6 @@ def check_qwen3(path: str | os.PathLike, shapes: dict) -> dict:
         raise ModelFileError(path, f"a Qwen3 encoder with head_dim {COMFY_HEAD_DIM}",
                              f"head_dim {config['head_dim']}", "This Qwen3 variant is not used by Z-Image.")
     return config
-
-
-def _unused_keys(keys, num_layers: int) -> set[str]:
-    """Keys of the last layer and the final norm (never read when the last layer is dropped)."""
-    return {k for k in keys if k == "model.norm.weight" or k == "lm_head.weight"
-            or (k.startswith("model.layers.") and block_index(k) == num_layers - 1)}
 
 
 def build_qwen3_clip(sd: dict[str, torch.Tensor], path: str | os.PathLike = "<state dict>", model_options=None):
@@ -144,7 +133,7 @@ def _build_dense_clip(sd: dict[str, torch.Tensor], config: dict, model_options=N
     detected = comfy.text_encoders.hunyuan_video.llama_detect(sd, "")  # before dropping model.norm (its dtype)
     drop_last = can_drop_last(config["num_hidden_layers"])
     if drop_last:
-        unused = _unused_keys(sd, config["num_hidden_layers"])
+        unused = unused_qwen3_keys(sd, config["num_hidden_layers"])
         sd = {k: v for k, v in sd.items() if k not in unused}
     options = dict(model_options or {})
     options.update(encoder_options(config, drop_last))
@@ -165,7 +154,7 @@ def load_qwen3_text_encoder(path: str | os.PathLike, tokenizer: str = "auto"):
     header = read_header(path, expected=EXPECTED)
     prefix, shapes = strip_known_prefix(header.shapes())
     config = check_qwen3(path, shapes)
-    skip = _unused_keys(shapes, config["num_hidden_layers"]) if can_drop_last(config["num_hidden_layers"]) else set()
+    skip = unused_qwen3_keys(shapes, config["num_hidden_layers"]) if can_drop_last(config["num_hidden_layers"]) else set()
     wanted = [k for k in shapes if k not in skip or k == "model.norm.weight"]
     sd = {k[len(prefix):]: v for k, v in load_tensors(header, [prefix + k for k in wanted]).items()}
     return _build_dense_clip(sd, config)

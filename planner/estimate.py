@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from ..loaders.keymaps import block_index, can_drop_last, llama_cpp_to_hf, unused_qwen3_keys
 from .files import FP8_TYPES, ST_BYTES, ModelFile
 
 MiB = 1024 ** 2
@@ -123,26 +124,19 @@ def _is_quantized(dtype: str) -> bool:
     return dtype not in ST_BYTES
 
 
-TE_BLOCK_PREFIXES = ("model.layers.", "blk.")
-TE_HEAD_NAMES = ("model.norm.weight", "output_norm.weight", "lm_head.weight", "output.weight")
-MIN_TE_LAYERS_TO_DROP = 3  # loaders.text_encoder.can_drop_last
-
-
-def _te_block(name: str) -> int | None:
-    for prefix in TE_BLOCK_PREFIXES:
-        if name.startswith(prefix):
-            index = name[len(prefix):].partition(".")[0]
-            return int(index) if index.isdigit() else None
-    return None
-
-
 def te_unloaded(mf: ModelFile) -> set[str]:
-    """Tensors of a text encoder file the pack never loads: the last layer, the final norm, the output head."""
-    blocks = {b for t in mf.tensors if (b := _te_block(t.name)) is not None}
-    if mf.role != "te" or len(blocks) < MIN_TE_LAYERS_TO_DROP:
+    """Tensors of a text encoder file the pack never loads: the last layer, the final norm, the output head.
+
+    The loader's own rule (loaders.keymaps), applied to the file's names (llama.cpp names read as HF names).
+    """
+    if mf.role != "te":
         return set()
-    last = max(blocks)
-    return {t.name for t in mf.tensors if t.name in TE_HEAD_NAMES or _te_block(t.name) == last}
+    hf_names = {t.name: llama_cpp_to_hf(t.name) or t.name for t in mf.tensors}
+    blocks = {b for name in hf_names.values() if (b := block_index(name)) is not None}
+    if not blocks or not can_drop_last(max(blocks) + 1):
+        return set()
+    unused = unused_qwen3_keys(hf_names.values(), max(blocks) + 1)
+    return {name for name, hf in hf_names.items() if hf in unused}
 
 
 def resident_bytes(mf: ModelFile, host: HostProfile = HostProfile(), weight_dtype: str = "default",
