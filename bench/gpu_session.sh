@@ -1,48 +1,67 @@
 #!/usr/bin/env bash
-# One command for a GPU session: the GPU measurements the issues ask for, each under its own time limit,
-# each step's output saved to OUT_DIR/<step>.txt.
+# One command for a GPU session: every GPU measurement issues 8 and 10 ask for, each step under its own time
+# limit, each step's output saved to $OUT/<step>.txt as it runs (so a cut-off run still returns what it measured).
 #
-#   bash bench/gpu_session.sh [STEP ...]       STEP: kernels dit dit6 lowvram (default: all)
-#   The step limits add up to 10 min: on the device tool run it as two calls, `kernels dit` and `dit6 lowvram`.
-#   env: OUT (output folder, default bench/results), COMFYUI (default .gpu/ComfyUI)
+#   bash bench/gpu_session.sh [--quick] [STEP ...]    STEP: kernels dit dit6 lowvram (default: all, in this order)
+#
+# Sized for the device tool's budget (15 min per session, a machine's start included): the step limits add up
+# to 8 min 40 s, so one call with timeout_s=560 runs everything and leaves time to rerun one step on the warm
+# machine. Expected (from the H100 runs of 2026-11-23): about 5 min.
 #
 # kernels  every GGML type's GPU dequantization (Triton kernels where they exist) bit for bit against gguf-py
-# dit      full VRAM 1024², 8 steps: core bf16 / fp8 / fp8_fast against the pack's fp8_fast, Q8_0, Q4_K
-# dit6     6 GiB card: core bf16 and Q8_0 with the side-stream prefetch, then Q8_0 without it (ZIT_PREFETCH=0)
-# lowvram  whole graph (encode, sample, decode) at 6 GiB for 1024² and 1536², measured peaks beside the planner's
+# dit      full VRAM 1024², 8 steps: core bf16 / fp8 / fp8_fast, the pack's fp8_fast, Q8_0 (and without Triton),
+#          Q4_K; Q8_0 profiled; issue 8's full-VRAM targets checked
+# dit6     6 GiB card: core bf16, Q8_0 streaming with and without the side-stream prefetch, Q4_K; Q8_0 profiled
+# lowvram  the 6 GB workflow's files (Q4_K TE + Q4_K DiT GGUF, Flux VAE) as one graph (encode, sample, decode)
+#          at 6 GiB for 1024² and 1536², measured peaks beside the planner's (issue 10)
 #
+# --quick  the same steps on the tiny models on the CPU (kernels skipped without CUDA): checks the session runs.
+# env: OUT (output folder, default bench/results), COMFYUI (default .gpu/ComfyUI).
 # Needs CUDA PyTorch; ComfyUI and the wheels it lacks come from scripts/prepare_device.sh (carry .gpu and .whl).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+QUICK=()
+[[ ${1:-} == --quick ]] && { QUICK=(--quick); shift; }
 OUT=${OUT:-bench/results}
 COMFYUI=${COMFYUI:-.gpu/ComfyUI}
 SITE=${TMPDIR:-/tmp}/zit_bench_site
+PY=${PYTHON:-python3}
 mkdir -p "$OUT"
-if [[ -d .whl ]] && ! python3 -c "import gguf, torchsde" 2>/dev/null; then
-  python3 -m pip install -q --no-deps --target "$SITE" .whl/*.whl
+export PYTHONUNBUFFERED=1
+if [[ -d .whl ]] && ! "$PY" -c "import gguf, torchsde" 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+"$PY" - <<'EOF'
+import torch
+cuda = torch.cuda.is_available()
+print(f"torch {torch.__version__}, " + (f"{torch.cuda.get_device_name(0)}, "
+      f"{torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB" if cuda else "no CUDA"), flush=True)
+EOF
 status=0
 step() {  # step NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
-  echo "=== $name ($(date +%T), limit ${limit} s)"
-  timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
-  local rc=$?
-  tail -n 30 "$OUT/$name.txt"
-  [[ $rc != 0 ]] && { echo "=== $name: exit $rc"; status=1; }
+  echo "=== $name ($(date +%T), limit ${limit} s): $*"
+  timeout -k 10 "$limit" "$@" 2>&1 | tee "$OUT/$name.txt" | grep -E --line-buffered \
+    '^(\||target|  [A-Za-z0-9_-]+(: first|, where)|  [a-z /]+ +[0-9.]+ ms|  (encode|sample|decode) |  whole|[A-Z0-9_]+ +f|ALL|#|!!)'
+  local rc=${PIPESTATUS[0]}
+  if [[ $rc == 2 && ${#QUICK[@]} -gt 0 ]]; then echo "=== $name: skipped (no CUDA)"
+  elif [[ $rc != 0 ]]; then echo "=== $name: exit $rc"; tail -n 25 "$OUT/$name.txt"; status=1
+  fi
 }
+DIT=("$PY" bench/zimage_dit.py --comfyui "$COMFYUI" "${QUICK[@]}")
 STEPS=${*:-kernels dit dit6 lowvram}
 for s in $STEPS; do
   case $s in
-    kernels) step kernels 90 python3 bench/gpu_dequant_check.py ;;
-    dit) step dit 200 python3 bench/zimage_dit.py --comfyui "$COMFYUI" \
-           --formats core_bf16,core_fp8,core_fp8_fast,fp8_fast,Q8_0,Q4_K ;;
-    dit6) step dit6_prefetch 120 env ZIT_PREFETCH=1 python3 bench/zimage_dit.py --comfyui "$COMFYUI" --cap-gib 6 \
-            --formats core_bf16,Q8_0,Q4_K
-          step dit6_no_prefetch 90 env ZIT_PREFETCH=0 python3 bench/zimage_dit.py --comfyui "$COMFYUI" --cap-gib 6 \
-            --formats Q8_0 ;;
-    lowvram) step lowvram 120 python3 bench/lowvram.py --comfyui "$COMFYUI" --cap-gib 6 --sizes 1024 1536 ;;
+    kernels) step kernels 60 "$PY" bench/gpu_dequant_check.py ;;
+    dit) step dit 180 "${DIT[@]}" --profile Q8_0 \
+           --formats core_bf16,core_fp8,core_fp8_fast,fp8_fast,Q8_0,Q8_0-notriton,Q4_K ;;
+    dit6) step dit6 140 "${DIT[@]}" --cap-gib 6 --profile Q8_0 --formats core_bf16,Q8_0,Q8_0-noprefetch,Q4_K ;;
+    lowvram) step lowvram 140 "$PY" bench/lowvram.py --comfyui "$COMFYUI" "${QUICK[@]}" --cap-gib 6 --sizes 1024 1536 ;;
     *) echo "unknown step $s (kernels dit dit6 lowvram)" >&2; exit 2 ;;
   esac
 done
+echo "=== targets"
+"$PY" bench/targets.py "$OUT" | tee "$OUT/targets.txt"
+echo "=== done $(date +%T), outputs in $OUT"
 exit $status

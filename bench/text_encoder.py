@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench_host import setup_host
+from random_files import random_weights, write_text_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT_TOKENS = 128
@@ -54,40 +55,14 @@ def peak_rss_gib() -> float:
 # ------------------------------------------------------------------------------------------- building
 def build_files(spec, qtype: str, device, workdir: Path, quick: bool) -> tuple[Path, Path, float, float]:
     """Write the safetensors and GGUF files; returns their paths and build/quantize seconds."""
-    import torch
     from zimage_turbo.fixtures.shapes import qwen3_state_dict_shapes
-    from zimage_turbo.fixtures.tiny_models import (qwen3_gguf_metadata, qwen_tokenizer_metadata,
-                                                   random_quant_blocks, random_state_dict, save_safetensors_atomic)
-    from zimage_turbo.loaders.gguf_tokenizer import bundled_tokenizer_dir
-    from zimage_turbo.loaders.keymaps import hf_to_llama_cpp
-    from zimage_turbo.quant.gguf_writer import write_gguf
-    from zimage_turbo.quant.quantize import quantize
-    from zimage_turbo.quant.tensor import QuantizedTensor
-
     t0 = time.perf_counter()
-    sd = random_state_dict(qwen3_state_dict_shapes(spec), seed=0, dtype=torch.bfloat16, device=device)
-    sd = {k: v.cpu() for k, v in sd.items()}
-    st_path = save_safetensors_atomic(sd, workdir / "qwen_3_4b_random_bf16.safetensors")
+    sd = random_weights(qwen3_state_dict_shapes(spec), seed=0, device=device)
+    st_path = write_text_encoder(sd, spec, "bf16", workdir, device)
     built = time.perf_counter() - t0
-
     t0 = time.perf_counter()
-    tensors = {}
-    for i, (key, value) in enumerate(sd.items()):
-        name = hf_to_llama_cpp(key)
-        if value.ndim == 1:
-            tensors[name] = (value.float(), "F32")
-        elif quick and key == "model.embed_tokens.weight":  # the quantizer is slow on CPU: random valid blocks
-            tensors[name] = random_quant_blocks(tuple(value.shape), qtype, seed=i, std=spec.hidden_size ** -0.5)
-        else:
-            raw = quantize(value.to(device), qtype, device=device)
-            tensors[name] = QuantizedTensor(raw, qtype, tuple(value.shape), name)
-    del sd
-    meta = qwen3_gguf_metadata(spec, name=f"Qwen3-4B random ({qtype}, bench)", file_type=qtype)
-    meta.update(qwen_tokenizer_metadata(bundled_tokenizer_dir(), spec.vocab_size))
-    gguf_path = workdir / f"Qwen3-4B-random-{qtype}.gguf"
-    write_gguf(gguf_path, tensors, meta, overwrite=True)
-    quantized = time.perf_counter() - t0
-    return st_path, gguf_path, built, quantized
+    gguf_path = write_text_encoder(sd, spec, qtype, workdir, device, random_embedding=quick)
+    return st_path, gguf_path, built, time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------------------------- worker

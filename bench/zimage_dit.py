@@ -11,37 +11,52 @@ reserve-VRAM setting + torch's per-process memory fraction).
 
     python bench/zimage_dit.py --comfyui /path/to/ComfyUI [--formats core_bf16,Q8_0] [--cap-gib 6] [--quick]
 
+A format may carry switches of the pack's fast paths, to show what each one brings in the same run:
+`Q8_0-noprefetch` (no side-stream prefetch of offloaded layers), `Q8_0-notriton` (torch.compile'd dequantization
+instead of the Triton kernels). `--profile Q8_0,...` profiles one more run of those formats and prints where the
+time goes (dequantization, matmul, attention, copies). bench/targets.py checks issue 8's targets.
+
 `--quick` uses the tiny test model and 64² on CPU (checks the script runs, times mean nothing).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import gc
 import sys
 import time
 from pathlib import Path
 
 from bench_host import setup_host
+from profile_time import where_time_goes
+from random_files import quantized_dit, random_weights
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FORMATS = "core_bf16,core_fp8,core_fp8_fast,bf16,Q8_0,Q4_K"
 
 
-def quantize_sd(sd, target: str, device):
-    """The quantize command's policy applied in memory (on `device`), result on the CPU like a loaded file."""
-    import torch
-    from zimage_turbo.quant.convert import tensor_type
-    from zimage_turbo.quant.quantize import quantize
-    from zimage_turbo.quant.tensor import QuantizedTensor
-    out = {}
-    for key, value in sd.items():
-        qtype = tensor_type(key, tuple(value.shape), target)
-        if qtype in ("F32", "BF16", "F16"):
-            out[key] = value.to({"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}[qtype]).cpu()
-        else:
-            raw = quantize(value.to(device), qtype, device=device)
-            out[key] = QuantizedTensor(raw.cpu(), qtype, tuple(value.shape), key)
-    return out
+# format switch -> (module, attribute, value while the switch is on)
+SWITCHES = {"noprefetch": ("zimage_turbo.quant.prefetch", "ENABLED", False),
+            "notriton": ("zimage_turbo.quant.dequant", "USE_TRITON", False)}
+
+@contextlib.contextmanager
+def switches(fmt: str):
+    """Apply the `-switch` suffixes of a format name for the duration of its runs."""
+    import importlib
+    saved = []
+    for name in fmt.split("-")[1:]:
+        if name not in SWITCHES:
+            raise SystemExit(f"unknown switch -{name} in {fmt} (known: {', '.join(SWITCHES)})")
+        module, attr, value = SWITCHES[name]
+        mod = importlib.import_module(module)
+        saved.append((mod, attr, getattr(mod, attr)))
+        setattr(mod, attr, value)
+    try:
+        yield fmt.split("-")[0]
+    finally:
+        for mod, attr, value in reversed(saved):
+            setattr(mod, attr, value)
 
 
 def load(fmt: str, sd):
@@ -82,6 +97,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--cap-gib", type=float, default=0.0, help="emulate a card with this much VRAM")
+    parser.add_argument("--profile", default="", help="formats to profile (one extra run each)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
 
@@ -90,16 +106,11 @@ def main() -> int:
     setup_host(args.comfyui, cpu=not cuda)
     import comfy.model_management as mm
     from zimage_turbo.fixtures.shapes import TINY_DIT, ZIMAGE_TURBO, dit_state_dict_shapes
-    from zimage_turbo.fixtures.tiny_models import random_state_dict
 
     device = torch.device("cuda" if cuda else "cpu")
     spec, size = (TINY_DIT, 64) if args.quick else (ZIMAGE_TURBO, args.size)
     t0 = time.perf_counter()
-    sd_gpu = random_state_dict(dit_state_dict_shapes(spec), seed=0, dtype=torch.bfloat16, device=device)
-    base = {k: v.cpu() for k, v in sd_gpu.items()}
-    del sd_gpu
-    if cuda:
-        torch.cuda.empty_cache()
+    base = random_weights(dit_state_dict_shapes(spec), seed=0, device=device)
     if cuda and args.cap_gib:
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(args.cap_gib * 2**30 / total)
@@ -111,20 +122,29 @@ def main() -> int:
     if args.quick and any(f.startswith("core_") for f in formats):
         print("  core_*: skipped (ComfyUI's own loader detects Z-Image only at the real width, 3840)")
         formats = [f for f in formats if not f.startswith("core_")]
-    rows = []
+    rows, profiles, quantized = [], args.profile.split(",") if args.profile else [], {}
     for fmt in formats:
-        t0 = time.perf_counter()
-        sd = base if not fmt.startswith("Q") else quantize_sd(base, fmt, device)
-        prep = time.perf_counter() - t0
-        model = load(fmt, sd)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        first = sample_once(model, size, args.steps, spec.cap_feat_dim, device)
-        steady = min(sample_once(model, size, args.steps, spec.cap_feat_dim, device) for _ in range(2))
-        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-        rows.append((fmt, prep, first, steady, peak, model.model_size() / 2**30))
-        print(f"  {fmt}: first {first:.2f} s, steady {steady:.2f} s, peak {peak:.2f} GiB", flush=True)
-        del model, sd
+        with switches(fmt) as kind:
+            t0 = time.perf_counter()
+            if kind.startswith("Q") and kind not in quantized:
+                quantized = {kind: quantized_dit(base, kind, device)}  # kept for the next variant of the type
+            sd = quantized[kind] if kind.startswith("Q") else base
+            prep = time.perf_counter() - t0
+            model = load(kind, sd)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            run = functools.partial(sample_once, model, size, args.steps, spec.cap_feat_dim, device)
+            first = run()
+            steady = min(run() for _ in range(2))
+            peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+            rows.append((fmt, prep, first, steady, peak, model.model_size() / 2**30))
+            print(f"  {fmt}: first {first:.2f} s, steady {steady:.2f} s, peak {peak:.2f} GiB", flush=True)
+            if fmt in profiles:
+                try:
+                    print(f"  {fmt}, " + where_time_goes(run, cuda), flush=True)
+                except Exception as e:  # the profiler is an extra: never lose the table to it
+                    print(f"  {fmt}: profiling failed ({type(e).__name__}: {e})", flush=True)
+        del model, sd, run
         mm.unload_all_models()
         mm.soft_empty_cache()
         gc.collect()

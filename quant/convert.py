@@ -88,6 +88,19 @@ def _refuse_existing(out: Path) -> None:
         raise FileExistsError(f"{out} already exists: choose another output name (nothing was written)")
 
 
+def dit_gguf_metadata(name: str, target: str) -> dict:
+    """The metadata of a DiT GGUF written by this pack (the architecture ComfyUI-GGUF writes, the target type)."""
+    return {"general.architecture": GGUF_ARCHITECTURE, "general.quantization_version": ("u32", 2),
+            "general.name": name, "zimage_turbo.target_type": target}
+
+
+def quantize_dit_tensor(key: str, value: torch.Tensor, target: str, keep_refiners: bool = False,
+                        device: torch.device | str | None = None) -> QuantizedTensor:
+    """One DiT tensor quantized under the precision policy (work on `device`, blocks on the CPU)."""
+    qtype = tensor_type(key, tuple(value.shape), target, keep_refiners)
+    return QuantizedTensor(quantize(value, qtype, device=device), qtype, tuple(value.shape), key)
+
+
 def convert_to_gguf(src: str | os.PathLike, out: str | os.PathLike, target: str, keep_refiners: bool = False,
                     stats: bool = False) -> dict[str, tuple[str, float | None]]:
     """Quantize a DiT to GGUF; returns {key: (type, relative RMS error or None)}."""
@@ -98,16 +111,11 @@ def convert_to_gguf(src: str | os.PathLike, out: str | os.PathLike, target: str,
     tensors, report = {}, {}
     for key in _progress(list(sd), f"quantizing to {target}"):
         value = sd[key].float()
-        qtype = tensor_type(key, tuple(value.shape), target, keep_refiners)
-        raw = quantize(value, qtype)
-        tensors[key] = (raw, qtype, tuple(value.shape))
-        err = None
-        if stats:
-            err = relative_rms_error(value, QuantizedTensor(raw, qtype, value.shape).dequantize(torch.float32))
+        tensors[key] = quantize_dit_tensor(key, value, target, keep_refiners)
+        qtype = tensors[key].quant_type.name
+        err = relative_rms_error(value, tensors[key].dequantize(torch.float32)) if stats else None
         report[key] = (qtype, err)
-    metadata = {"general.architecture": GGUF_ARCHITECTURE, "general.quantization_version": ("u32", 2),
-                "general.name": Path(src).stem, "zimage_turbo.target_type": target}
-    write_gguf(out, tensors, metadata)
+    write_gguf(out, tensors, dit_gguf_metadata(Path(src).stem, target))
     return report
 
 
