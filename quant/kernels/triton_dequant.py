@@ -1,7 +1,8 @@
 """Triton dequantization kernels for the types the DiT and the text encoder use most (Q8_0, Q4_K, Q5_K, Q6_K).
 
 One program dequantizes `ROWS` blocks into a [ROWS, block_size] tile; arithmetic is float32 in ggml's order,
-so results equal the torch reference (quant/dequant_legacy.py, dequant_k.py) bit for bit. Used on CUDA when
+so results equal the torch reference (quant/dequant_legacy.py, dequant_k.py) bit for bit. The last program's
+rows past the end read the last block again (never a byte past the tensor) and are not stored. Used on CUDA when
 Triton is importable (`ZIT_TRITON=0` disables it); under `TRITON_INTERPRET=1` the same kernels run on the CPU,
 which is how the tests check them without a GPU.
 """
@@ -17,6 +18,13 @@ _OUT = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl
 
 
 @triton.jit
+def _rows(n_blocks, ROWS: tl.constexpr):
+    """This program's block indices, whether each is real, and indices safe to read (clamped to the last)."""
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    return rows, rows < n_blocks, tl.minimum(rows, n_blocks - 1).to(tl.int64)
+
+
+@triton.jit
 def _f16_at(base, off):
     lo = tl.load(base + off).to(tl.uint16)
     hi = tl.load(base + off + 1).to(tl.uint16)
@@ -25,9 +33,8 @@ def _f16_at(base, off):
 
 @triton.jit
 def _q8_0_kernel(src, dst, n_blocks, ROWS: tl.constexpr, OUT: tl.constexpr):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    mask = rows < n_blocks
-    base = src + rows.to(tl.int64) * 34
+    rows, mask, safe = _rows(n_blocks, ROWS)
+    base = src + safe * 34
     d = _f16_at(base, 0)
     cols = tl.arange(0, 32)
     q = tl.load(base[:, None] + 2 + cols[None, :], mask=mask[:, None], other=0).to(tl.int8, bitcast=True)
@@ -52,9 +59,8 @@ def _k4_family_kernel(src, dst, n_blocks, ROWS: tl.constexpr, OUT: tl.constexpr,
     """Q4_K (HIGH_BIT=0: 144-byte blocks, qs at 16) and Q5_K (HIGH_BIT=1: 176-byte blocks, qh at 16, qs at 48)."""
     BLOCK_BYTES: tl.constexpr = 176 if HIGH_BIT else 144
     QS: tl.constexpr = 48 if HIGH_BIT else 16
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    mask = rows < n_blocks
-    base = src + rows.to(tl.int64) * BLOCK_BYTES
+    rows, mask, safe = _rows(n_blocks, ROWS)
+    base = src + safe * BLOCK_BYTES
     e = tl.arange(0, 256)
     j = e // 32
     lane = e % 32
@@ -73,9 +79,8 @@ def _k4_family_kernel(src, dst, n_blocks, ROWS: tl.constexpr, OUT: tl.constexpr,
 
 @triton.jit
 def _q6_k_kernel(src, dst, n_blocks, ROWS: tl.constexpr, OUT: tl.constexpr):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    mask = rows < n_blocks
-    base = src + rows.to(tl.int64) * 210
+    rows, mask, safe = _rows(n_blocks, ROWS)
+    base = src + safe * 210
     e = tl.arange(0, 256)
     half = e // 128
     g = (e % 128) // 32

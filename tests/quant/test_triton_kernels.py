@@ -2,6 +2,8 @@
 
 Runs in a subprocess with TRITON_INTERPRET=1 (it must be set before Triton is imported). Where Triton is
 not installed the test is skipped and says so; on a GPU bench/gpu_dequant_check.py checks the compiled kernels.
+The blocks end exactly where an unreadable (PROT_NONE) page begins, and their count is no multiple of any
+kernel's rows per program: a kernel that reads a byte past the tensor (an illegal access on a GPU) segfaults.
 """
 from __future__ import annotations
 
@@ -17,9 +19,23 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = textwrap.dedent("""
+    import ctypes, math, mmap
     import numpy as np, torch
     from zimage_turbo.quant.kernels.triton_dequant import KERNELS
     from zimage_turbo.quant.types import get_quant_type
+    PAGE = mmap.PAGESIZE
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    buffers = []
+    def guarded(raw):
+        pages = math.ceil(raw.nbytes / PAGE)
+        mm = mmap.mmap(-1, (pages + 1) * PAGE)
+        buffers.append(mm)
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+        assert libc.mprotect(addr + pages * PAGE, PAGE, 0) == 0  # PROT_NONE right after the last block
+        t = torch.frombuffer(mm, dtype=torch.uint8, count=raw.nbytes, offset=pages * PAGE - raw.nbytes)
+        t.copy_(torch.from_numpy(raw.reshape(-1)))
+        return t.view(raw.shape)
     F16_AT = {"Q8_0": [0], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}
     rng = np.random.default_rng(0)
     for name, kernel in KERNELS.items():
@@ -31,7 +47,7 @@ SCRIPT = textwrap.dedent("""
             scales[2] = 0
             scales[3:9] |= 0x8000  # negative scales (llama.cpp writes them, e.g. Q6_K's d)
             raw[:, off:off + 2] = scales.astype("<u2").view(np.uint8).reshape(37, 2)
-        blocks = torch.from_numpy(raw)
+        blocks = guarded(raw)
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             ref = qt.dequant(blocks, dtype).reshape(37, qt.block_size).float()
             out = kernel(blocks, dtype).float()
