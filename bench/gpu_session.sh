@@ -5,8 +5,9 @@
 #   bash bench/gpu_session.sh [--quick] [STEP ...]    STEP: kernels dit dit6 lowvram (default: all, in this order)
 #
 # Sized for the device tool's budget (15 min per session, a machine's start included): the step limits add up
-# to 8 min 40 s, so one call with timeout_s=560 runs everything and leaves time to rerun one step on the warm
-# machine. Expected (from the H100 runs of 2026-11-23): about 5 min.
+# to 9 min 30 s, so one call with timeout_s=600 runs everything; expected about 5 min (from the H100 runs of
+# 2026-11-23), which leaves time to rerun one step on the still-warm machine. Formats run most important first,
+# and each prints its line as it finishes, so a step cut off by its limit keeps what it measured.
 #
 # kernels  every GGML type's GPU dequantization (Triton kernels where they exist) bit for bit against gguf-py
 # dit      full VRAM 1024², 8 steps: core bf16 / fp8 / fp8_fast, the pack's fp8_fast, Q8_0 (and without Triton),
@@ -54,10 +55,10 @@ STEPS=${*:-kernels dit dit6 lowvram}
 for s in $STEPS; do
   case $s in
     kernels) step kernels 60 "$PY" bench/gpu_dequant_check.py ;;
-    dit) step dit 180 "${DIT[@]}" --profile Q8_0 \
-           --formats core_bf16,core_fp8,core_fp8_fast,fp8_fast,Q8_0,Q8_0-notriton,Q4_K ;;
-    dit6) step dit6 140 "${DIT[@]}" --cap-gib 6 --profile Q8_0 --formats core_bf16,Q8_0,Q8_0-noprefetch,Q4_K ;;
-    lowvram) step lowvram 140 "$PY" bench/lowvram.py --comfyui "$COMFYUI" "${QUICK[@]}" --cap-gib 6 --sizes 1024 1536 ;;
+    dit) step dit 200 "${DIT[@]}" --profile Q8_0 \
+           --formats core_bf16,Q8_0,Q4_K,core_fp8_fast,fp8_fast,Q8_0-notriton,core_fp8 ;;
+    dit6) step dit6 150 "${DIT[@]}" --cap-gib 6 --profile Q8_0 --formats core_bf16,Q8_0,Q4_K,Q8_0-noprefetch ;;
+    lowvram) step lowvram 160 "$PY" bench/lowvram.py --comfyui "$COMFYUI" "${QUICK[@]}" --cap-gib 6 --sizes 1024 1536 ;;
     *) echo "unknown step $s (kernels dit dit6 lowvram)" >&2; exit 2 ;;
   esac
 done

@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = ", ".join(f"{p.name} {p.stat().st_size / E.GiB:.2f} GiB" for p in (te_path, dit_path, vae_path))
         print(f"wrote random files in {time.time() - t0:.0f} s: {sizes}", flush=True)
         if cuda and not args.quick:
+            torch.cuda.empty_cache()  # the quantizer's blocks: the emulated card starts empty
             _emulate_card(cap)
         with torch.inference_mode():
             clip = load_qwen3_text_encoder(te_path)

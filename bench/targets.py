@@ -28,27 +28,13 @@ PEAK_LIMIT_GIB = 5.5
 PLANNER_TOLERANCE = 0.15
 
 
-def read_table(text: str) -> dict[str, dict[str, float]]:
-    """The markdown table zimage_dit.py prints: {format: {column: value}} (numeric columns only)."""
-    rows: dict[str, dict[str, float]] = {}
-    header: list[str] | None = None
-    for line in text.splitlines():
-        if not line.startswith("|") or line.startswith("|---"):
-            continue
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if cells[0] == "format":
-            header = cells
-            continue
-        if header is None or len(cells) != len(header):
-            continue
-        values = {}
-        for name, cell in zip(header[1:], cells[1:]):
-            try:
-                values[name] = float(cell.rstrip("×"))
-            except ValueError:
-                pass
-        rows[cells[0]] = values
-    return rows
+def read_runs(text: str) -> dict[str, dict[str, float]]:
+    """{format: {"first s", "steady s", "peak GiB"}} from the line zimage_dit.py prints as each format finishes
+    (so a step cut off by its time limit still counts what it measured)."""
+    runs = {}
+    for m in re.finditer(r"^  (\S+): first ([\d.]+) s, steady ([\d.]+) s, peak ([\d.]+|nan) GiB", text, re.M):
+        runs[m.group(1)] = {"first s": float(m.group(2)), "steady s": float(m.group(3)), "peak GiB": float(m.group(4))}
+    return runs
 
 
 def read_whole_graph(text: str) -> list[tuple[str, float, float]]:
@@ -72,7 +58,7 @@ def report(out_dir: Path) -> list[str]:
     """The report lines for the outputs in `out_dir`."""
     text = {name: (out_dir / f"{name}.txt").read_text() if (out_dir / f"{name}.txt").exists() else ""
             for name in ("dit", "dit6", "lowvram")}
-    tables = {name: read_table(text[name]) for name in ("dit", "dit6")}
+    tables = {name: read_runs(text[name]) for name in ("dit", "dit6")}
     lines = []
     for what, table, fmt, ref_table, ref_fmt, limit in TIME_TARGETS:
         a, b = tables[table].get(fmt, {}).get("steady s"), tables[ref_table].get(ref_fmt, {}).get("steady s")

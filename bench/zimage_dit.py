@@ -126,8 +126,8 @@ def main() -> int:
     for fmt in formats:
         with switches(fmt) as kind:
             t0 = time.perf_counter()
-            if kind.startswith("Q") and kind not in quantized:
-                quantized = {kind: quantized_dit(base, kind, device)}  # kept for the next variant of the type
+            if kind.startswith("Q") and kind not in quantized:  # kept for the variants of the type (CPU RAM)
+                quantized[kind] = quantized_dit(base, kind, device)
             sd = quantized[kind] if kind.startswith("Q") else base
             prep = time.perf_counter() - t0
             model = load(kind, sd)
