@@ -10,8 +10,8 @@
 # and each prints its line as it finishes, so a step cut off by its limit keeps what it measured.
 #
 # kernels  every GGML type's GPU dequantization (Triton kernels where they exist) bit for bit against gguf-py
-# dit      full VRAM 1024², 8 steps: core bf16 / fp8 / fp8_fast, the pack's fp8_fast, Q8_0 (and without Triton),
-#          Q4_K; Q8_0 profiled; issue 8's full-VRAM targets checked
+# dit      full VRAM 1024², 8 steps: core bf16 / fp8 / fp8_fast, the pack's fp8_fast and scaled fp8, Q8_0 (and
+#          without Triton), Q4_K; Q8_0 profiled
 # dit6     6 GiB card: core bf16, Q8_0 streaming with and without the side-stream prefetch, Q4_K; Q8_0 profiled
 # lowvram  the 6 GB workflow's files (Q4_K TE + Q4_K DiT GGUF, Flux VAE) as one graph (encode, sample, decode)
 #          at 6 GiB for 1024² and 1536², measured peaks beside the planner's (issue 10)
@@ -56,7 +56,7 @@ for s in $STEPS; do
   case $s in
     kernels) step kernels 60 "$PY" bench/gpu_dequant_check.py ;;
     dit) step dit 200 "${DIT[@]}" --profile Q8_0 \
-           --formats core_bf16,Q8_0,Q4_K,core_fp8_fast,fp8_fast,Q8_0-notriton,core_fp8 ;;
+           --formats core_bf16,Q8_0,Q4_K,core_fp8_fast,fp8_fast,Q8_0-notriton,core_fp8,scaled_fp8 ;;
     dit6) step dit6 150 "${DIT[@]}" --cap-gib 6 --profile Q8_0 --formats core_bf16,Q8_0,Q4_K,Q8_0-noprefetch ;;
     lowvram) step lowvram 160 "$PY" bench/lowvram.py --comfyui "$COMFYUI" "${QUICK[@]}" --cap-gib 6 --sizes 1024 1536 ;;
     *) echo "unknown step $s (kernels dit dit6 lowvram)" >&2; exit 2 ;;

@@ -3,8 +3,9 @@
 
 Builds a full-size random Z-Image DiT (fixtures/shapes.py: 6.15B) and samples 1024² for 8 steps (euler,
 simple, cfg 1) through ComfyUI's real sampling path, in-process:
-  core_bf16 / core_fp8 / core_fp8_fast  comfy.sd.load_diffusion_model_state_dict (ComfyUI's own loader)
-  bf16 / Q8_0 / Q6_K / Q5_K / Q4_K      the pack's loader (GGUF types: our quantizer, weights stay quantized)
+  core_bf16 / core_fp8 / core_fp8_fast / core_scaled_fp8   comfy.sd.load_diffusion_model_state_dict (ComfyUI's own)
+  bf16 / fp8 / fp8_fast / scaled_fp8 / Q8_0 / Q6_K / Q5_K / Q4_K   the pack's loader (scaled_fp8: what the
+      quantize command writes; GGUF types: our quantizer, weights stay quantized)
 For each: first run (includes moving weights and compiling kernels) and steady state, s/step, peak VRAM,
 ratio to core_bf16 and core_fp8 of the same run. `--cap-gib N` emulates an N GiB card (ComfyUI's
 reserve-VRAM setting + torch's per-process memory fraction).
@@ -64,8 +65,8 @@ def load(fmt: str, sd):
     import comfy.sd
     from zimage_turbo.loaders.dit import build_zimage_model
     core = {"core_bf16": {}, "core_fp8": {"dtype": torch.float8_e4m3fn},
-            "core_fp8_fast": {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True}}
-    ours = {"bf16": "default", "fp8": "fp8_e4m3fn", "fp8_fast": "fp8_e4m3fn_fast"}
+            "core_fp8_fast": {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True}, "core_scaled_fp8": {}}
+    ours = {"bf16": "default", "fp8": "fp8_e4m3fn", "fp8_fast": "fp8_e4m3fn_fast", "scaled_fp8": "default"}
     if fmt in core:
         return comfy.sd.load_diffusion_model_state_dict(dict(sd), model_options=core[fmt])
     if fmt in ours:
@@ -106,6 +107,7 @@ def main() -> int:
     setup_host(args.comfyui, cpu=not cuda)
     import comfy.model_management as mm
     from zimage_turbo.fixtures.shapes import TINY_DIT, ZIMAGE_TURBO, dit_state_dict_shapes
+    from zimage_turbo.quant.convert import scaled_fp8_state_dict
 
     device = torch.device("cuda" if cuda else "cpu")
     spec, size = (TINY_DIT, 64) if args.quick else (ZIMAGE_TURBO, args.size)
@@ -128,7 +130,10 @@ def main() -> int:
             t0 = time.perf_counter()
             if kind.startswith("Q") and kind not in quantized:  # kept for the variants of the type (CPU RAM)
                 quantized[kind] = quantized_dit(base, kind, device)
-            sd = quantized[kind] if kind.startswith("Q") else base
+            if kind.endswith("scaled_fp8") and "scaled_fp8" not in quantized:
+                quantized["scaled_fp8"] = scaled_fp8_state_dict(base)[0]  # what the quantize command writes
+            sd = quantized["scaled_fp8"] if kind.endswith("scaled_fp8") else quantized[kind] if kind.startswith("Q") \
+                else base
             prep = time.perf_counter() - t0
             model = load(kind, sd)
             if cuda:

@@ -119,12 +119,9 @@ def convert_to_gguf(src: str | os.PathLike, out: str | os.PathLike, target: str,
     return report
 
 
-def convert_to_scaled_fp8(src: str | os.PathLike, out: str | os.PathLike, keep_refiners: bool = False,
-                          stats: bool = False) -> dict[str, tuple[str, float | None]]:
-    """Scaled fp8 safetensors (per-tensor scale_weight + scaled_fp8 marker); returns the same report."""
-    out = Path(out)
-    _refuse_existing(out)
-    sd = read_state_dict(src)
+def scaled_fp8_state_dict(sd: dict[str, torch.Tensor], keep_refiners: bool = False, stats: bool = False
+                          ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[str, float | None]]]:
+    """The scaled-fp8 form of a DiT state dict (see the module docstring) and the per-tensor report."""
     result: dict[str, torch.Tensor] = {}
     report = {}
     for key in _progress(list(sd), "converting to scaled fp8"):
@@ -140,6 +137,15 @@ def convert_to_scaled_fp8(src: str | os.PathLike, out: str | os.PathLike, keep_r
             result[key] = value.contiguous()
             report[key] = (str(value.dtype).replace("torch.", ""), None)
     result[SCALED_FP8] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    return result, report
+
+
+def convert_to_scaled_fp8(src: str | os.PathLike, out: str | os.PathLike, keep_refiners: bool = False,
+                          stats: bool = False) -> dict[str, tuple[str, float | None]]:
+    """Scaled fp8 safetensors (per-tensor scale_weight + scaled_fp8 marker); returns the same report."""
+    out = Path(out)
+    _refuse_existing(out)
+    result, report = scaled_fp8_state_dict(read_state_dict(src), keep_refiners, stats)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
     try:
         save_file(result, str(tmp))

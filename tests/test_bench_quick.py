@@ -21,7 +21,8 @@ PY = sys.executable
 # name -> (command, text its output must contain)
 EXPECTED = {
     "gpu_session.sh": (["bash", str(REPO / "bench" / "gpu_session.sh"), "--quick", "dit", "dit6", "lowvram"],
-                       ["| fp8_fast |", "| Q8_0 |", "| Q8_0-notriton |", "| Q8_0-noprefetch |", "| Q4_K |",
+                       ["| fp8_fast |", "| scaled_fp8 |", "| Q8_0 |", "| Q8_0-notriton |", "| Q8_0-noprefetch |",
+                        "| Q4_K |",
                         "Q8_0, where the time goes", "planner estimate", "whole graph: measured peak", "=== done",
                         # bench/targets.py read the tables the scripts printed (no core_* rows on the tiny model)
                         "fast path Triton dequantization (full VRAM):", "fast path side-stream prefetch (6 GiB):",
