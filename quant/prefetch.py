@@ -77,10 +77,18 @@ class Prefetcher:
     def _position(self, layer) -> int:
         index = self.position.get(id(layer))
         if index is None or self.order[index]() is not layer:  # new layer, or a dead one's id reused
+            self._forget_dead_layers()
             index = len(self.order)
             self.position[id(layer)] = index
             self.order.append(weakref.ref(layer))
         return index
+
+    def _forget_dead_layers(self) -> None:
+        """Drop the layers of unloaded models from the order (it would otherwise grow with every model loaded)."""
+        if all(ref() is not None for ref in self.order):
+            return
+        self.order = [ref for ref in self.order if ref() is not None]
+        self.position = {id(ref()): i for i, ref in enumerate(self.order)}
 
     def fetch(self, layer) -> torch.Tensor:
         """The layer's weight (still quantized) on the device; starts copying the next offloaded layer."""

@@ -103,3 +103,19 @@ def test_a_new_layer_with_a_dead_layers_id_is_not_mistaken_for_it():
     assert copier.log == [("now", "c")]  # neither b's in-flight copy nor b's place in the order
     assert torch.equal(got.raw_bytes(), c.weight.raw_bytes())
     assert p.order[p.position[id(c)]]() is c
+
+
+def test_the_layers_of_an_unloaded_model_leave_the_order():
+    copier = RecordingCopier()
+    p = Prefetcher(torch.device("cpu"), copier)
+    old = [Layer(f"old{i}", i) for i in range(3)]
+    _run(p, old)
+    _run(p, old)
+    del old
+    gc.collect()
+    new = [Layer(f"new{i}", 10 + i) for i in range(2)]
+    _run(p, new)
+    assert [ref() for ref in p.order] == new and p.position == {id(x): i for i, x in enumerate(new)}
+    copier.log.clear()
+    _run(p, new)  # the new model's schedule is the usual one
+    assert copier.log == [("now", "new0"), ("start", "new1"), ("finish", "new1")]
