@@ -44,7 +44,7 @@ step() {  # step NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
   echo "=== $name ($(date +%T), limit ${limit} s): $*"
   timeout -k 10 "$limit" "$@" 2>&1 | tee "$OUT/$name.txt" | grep -E --line-buffered \
-    '^(\||target|  [A-Za-z0-9_-]+(: first|, where)|  [a-z /]+ +[0-9.]+ ms|  (encode|sample|decode) |  whole|[A-Z0-9_]+ +f|ALL|#|!!)'
+    '^(\||target|Triton|  [A-Za-z0-9_-]+(: first|, where)|  [a-z /]+ +[0-9.]+ ms|  (encode|sample|decode) |  whole|[A-Z0-9_]+ +f|ALL|#|!!)'
   local rc=${PIPESTATUS[0]}
   if [[ $rc == 2 && ${#QUICK[@]} -gt 0 ]]; then echo "=== $name: skipped (no CUDA)"
   elif [[ $rc != 0 ]]; then echo "=== $name: exit $rc"; tail -n 25 "$OUT/$name.txt"; status=1

@@ -60,6 +60,15 @@ def switches(fmt: str):
             setattr(mod, attr, value)
 
 
+def print_tuned_configs() -> None:
+    """The Triton launch configs the tuner chose in this run, with each candidate's time."""
+    kernels = sys.modules.get("zimage_turbo.quant.kernels.triton_dequant")
+    for name, tuner in (kernels.TUNERS.items() if kernels else ()):
+        for key, chosen in tuner.chosen.items():
+            times = ", ".join(f"{c.rows}x{c.num_warps} {t * 1e3:.0f} µs" for c, t in tuner.timings.get(key, {}).items())
+            print(f"Triton {name} → {key}: {chosen.rows} blocks/program, {chosen.num_warps} warps ({times or 'default'})")
+
+
 def load(fmt: str, sd):
     import torch
     import comfy.sd
@@ -160,6 +169,7 @@ def main() -> int:
         vs = lambda k: f"{steady / ref[k]:.2f}×" if k in ref else "–"
         print(f"| {fmt} | {gib:.2f} | {prep:.1f} | {first:.2f} | {steady:.2f} | {steady / args.steps:.3f} | "
               f"{peak:.2f} | {vs('core_bf16')} | {vs('core_fp8')} |")
+    print_tuned_configs()
     return 0
 
 

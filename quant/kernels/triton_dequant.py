@@ -2,17 +2,22 @@
 
 One program dequantizes `ROWS` blocks into a [ROWS, block_size] tile; arithmetic is float32 in ggml's order,
 so results equal the torch reference (quant/dequant_legacy.py, dequant_k.py) bit for bit. The last program's
-rows past the end read the last block again (never a byte past the tensor) and are not stored. Used on CUDA when
+rows past the end read the last block again (never a byte past the tensor) and are not stored. Blocks per
+program and warps are chosen per type and output dtype by timing a few candidates on the first large input
+(quant/kernels/tuning.py). Used on CUDA when
 Triton is importable (`ZIT_TRITON=0` disables it); under `TRITON_INTERPRET=1` the same kernels run on the CPU,
 which is how the tests check them without a GPU.
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 import triton
 import triton.language as tl
+
+from .tuning import LaunchConfig, Tuner
 
 _OUT = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
@@ -97,20 +102,48 @@ def _q6_k_kernel(src, dst, n_blocks, ROWS: tl.constexpr, OUT: tl.constexpr):
     tl.store(dst + rows.to(tl.int64)[:, None] * 256 + e[None, :], y.to(OUT), mask=mask[:, None])
 
 
-def _launcher(kernel, block_size: int, rows: int, **constexprs) -> Callable[[torch.Tensor, torch.dtype], torch.Tensor]:
+@dataclass(frozen=True)
+class KernelSpec:
+    kernel: Any
+    block_size: int
+    default: LaunchConfig
+    candidates: tuple[LaunchConfig, ...]
+    constexprs: dict = field(default_factory=dict)
+
+
+_Q8_CANDIDATES = tuple(LaunchConfig(r, w) for r, w in ((32, 2), (64, 4), (128, 4), (128, 8), (256, 8)))
+_K_CANDIDATES = tuple(LaunchConfig(r, w) for r, w in ((4, 4), (8, 4), (16, 4), (16, 8), (32, 8)))
+SPECS: dict[str, KernelSpec] = {
+    "Q8_0": KernelSpec(_q8_0_kernel, 32, LaunchConfig(64, 4), _Q8_CANDIDATES),
+    "Q4_K": KernelSpec(_k4_family_kernel, 256, LaunchConfig(8, 4), _K_CANDIDATES, {"HIGH_BIT": 0}),
+    "Q5_K": KernelSpec(_k4_family_kernel, 256, LaunchConfig(8, 4), _K_CANDIDATES, {"HIGH_BIT": 1}),
+    "Q6_K": KernelSpec(_q6_k_kernel, 256, LaunchConfig(8, 4), _K_CANDIDATES),
+}
+TUNERS: dict[str, Tuner] = {name: Tuner(spec.default, spec.candidates) for name, spec in SPECS.items()}
+
+
+def launch(name: str, blocks: torch.Tensor, out: torch.Tensor, config: LaunchConfig) -> torch.Tensor:
+    """Dequantize contiguous `blocks` [n, type_size] into `out` [n, block_size] with one launch config."""
+    spec, n = SPECS[name], blocks.shape[0]
+    if n:
+        spec.kernel[(triton.cdiv(n, config.rows),)](blocks, out, n, ROWS=config.rows, OUT=_OUT[out.dtype],
+                                                      num_warps=config.num_warps, **spec.constexprs)
+    return out
+
+
+def _runner(name: str) -> Callable[[torch.Tensor, torch.dtype], torch.Tensor]:
     def run(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        n = blocks.shape[0]
-        out = torch.empty((n, block_size), dtype=dtype, device=blocks.device)
-        if n:
-            kernel[(triton.cdiv(n, rows),)](blocks.contiguous(), out, n, ROWS=rows, OUT=_OUT[dtype], **constexprs)
-        return out
+        blocks = blocks.contiguous()
+        out = torch.empty((blocks.shape[0], SPECS[name].block_size), dtype=dtype, device=blocks.device)
+        config = TUNERS[name].config(dtype, blocks.shape[0], blocks.is_cuda, lambda c: launch(name, blocks, out, c))
+        return launch(name, blocks, out, config)
     return run
 
 
+def tuned_configs() -> dict[str, dict]:
+    """{type: {dtype: chosen config}} of the kernels tuned so far in this process (for benchmarks to print)."""
+    return {name: dict(t.chosen) for name, t in TUNERS.items() if t.chosen}
+
+
 # GGML type name → blocks [n, type_size] uint8 → [n, block_size] in dtype
-KERNELS: dict[str, Callable[[torch.Tensor, torch.dtype], torch.Tensor]] = {
-    "Q8_0": _launcher(_q8_0_kernel, 32, 64),
-    "Q4_K": _launcher(_k4_family_kernel, 256, 8, HIGH_BIT=0),
-    "Q5_K": _launcher(_k4_family_kernel, 256, 8, HIGH_BIT=1),
-    "Q6_K": _launcher(_q6_k_kernel, 256, 8),
-}
+KERNELS: dict[str, Callable[[torch.Tensor, torch.dtype], torch.Tensor]] = {name: _runner(name) for name in SPECS}

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = textwrap.dedent("""
     import ctypes, math, mmap
     import numpy as np, torch
-    from zimage_turbo.quant.kernels.triton_dequant import KERNELS
+    from zimage_turbo.quant.kernels.triton_dequant import KERNELS, SPECS, launch
     from zimage_turbo.quant.types import get_quant_type
     PAGE = mmap.PAGESIZE
     libc = ctypes.CDLL(None, use_errno=True)
@@ -57,6 +57,11 @@ SCRIPT = textwrap.dedent("""
                 ok = torch.equal(out, ref)
             assert ok, (name, dtype, (out - ref).abs().max().item())
             print(name, dtype, "ok")
+        ref = qt.dequant(blocks, torch.float32).reshape(37, qt.block_size)
+        for config in SPECS[name].candidates:  # every launch config the tuner may pick
+            out = launch(name, blocks, torch.empty_like(ref), config)
+            assert torch.equal(out, ref), (name, config)
+            print(name, config, "ok")
 """)
 
 
@@ -67,4 +72,5 @@ def test_triton_kernels_match_torch_reference():
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600,
                           cwd="/")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert proc.stdout.count(" ok") == 12
+    # 4 kernels × 3 dtypes through the tuned runner, then each kernel's 5 candidate launch configs
+    assert proc.stdout.count(" ok") == 4 * 3 + 4 * 5, proc.stdout
