@@ -25,10 +25,20 @@ class LaunchConfig:
 Timer = Callable[[Callable[[], object]], float]
 
 
-def cuda_timer(fn: Callable[[], object]) -> float:
-    """Milliseconds per call (Triton's benchmark helper: warm-up, CUDA events, cache flush)."""
-    from triton.testing import do_bench
-    return float(do_bench(fn, warmup=5, rep=20))
+def cuda_timer(fn: Callable[[], object], repeat: int = 10) -> float:
+    """Milliseconds per call, by CUDA events around `repeat` calls after one warm-up call (which compiles).
+
+    No cache-flush buffer (Triton's do_bench allocates 256 MB for one): tuning may run on a nearly full card.
+    """
+    import torch
+    fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeat):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / repeat
 
 
 class Tuner:
