@@ -60,11 +60,9 @@ def write_text_encoder(sd: dict[str, torch.Tensor], spec, fmt: str, folder: Path
     `random_embedding`: the embedding gets random valid blocks instead of quantized ones (the quantizer is
     slow on a CPU for a 151936-row table; the result loads and encodes the same way).
     """
-    from zimage_turbo.fixtures.tiny_models import (qwen3_gguf_metadata, qwen_tokenizer_metadata, random_quant_blocks,
-                                                   save_safetensors_atomic)
+    from zimage_turbo.fixtures.tiny_models import random_quant_blocks, save_safetensors_atomic, write_qwen3_gguf
     from zimage_turbo.loaders.gguf_tokenizer import bundled_tokenizer_dir
     from zimage_turbo.loaders.keymaps import hf_to_llama_cpp
-    from zimage_turbo.quant.gguf_writer import write_gguf
     from zimage_turbo.quant.quantize import quantize
     from zimage_turbo.quant.tensor import QuantizedTensor
     if fmt in FLOAT_DTYPES:
@@ -79,11 +77,8 @@ def write_text_encoder(sd: dict[str, torch.Tensor], spec, fmt: str, folder: Path
             tensors[name] = random_quant_blocks(tuple(value.shape), fmt, seed=i, std=spec.hidden_size ** -0.5)
         else:
             tensors[name] = QuantizedTensor(quantize(value, fmt, device=device), fmt, tuple(value.shape), name)
-    meta = qwen3_gguf_metadata(spec, name=f"Qwen3 random ({fmt}, bench)", file_type=fmt)
-    meta.update(qwen_tokenizer_metadata(bundled_tokenizer_dir(), spec.vocab_size))
-    path = folder / f"Qwen3-4B-random-{fmt}.gguf"
-    write_gguf(path, tensors, meta, overwrite=True)
-    return path
+    return write_qwen3_gguf(folder / f"Qwen3-4B-random-{fmt}.gguf", spec, fmt, tokenizer_dir=bundled_tokenizer_dir(),
+                            tensors=tensors, metadata={"general.name": f"Qwen3 random ({fmt}, bench)"})
 
 
 def write_vae(sd: dict[str, torch.Tensor], folder: Path) -> Path:

@@ -69,6 +69,18 @@ def print_tuned_configs() -> None:
             print(f"Triton {name} → {key}: {chosen.rows} blocks/program, {chosen.num_warps} warps ({times or 'default'})")
 
 
+def state_dict_for(kind: str, base: dict, converted: dict, device) -> dict:
+    """What format `kind` loads: the bf16 weights, or their GGUF / scaled-fp8 form (converted once, kept in CPU
+    RAM for the format's other variants)."""
+    from zimage_turbo.quant.convert import scaled_fp8_state_dict
+    form = kind if kind.startswith("Q") else "scaled_fp8" if kind.endswith("scaled_fp8") else None
+    if form is None:
+        return base
+    if form not in converted:
+        converted[form] = quantized_dit(base, form, device) if form.startswith("Q") else scaled_fp8_state_dict(base)[0]
+    return converted[form]
+
+
 def load(fmt: str, sd):
     import torch
     import comfy.sd
@@ -116,7 +128,6 @@ def main() -> int:
     setup_host(args.comfyui, cpu=not cuda)
     import comfy.model_management as mm
     from zimage_turbo.fixtures.shapes import TINY_DIT, ZIMAGE_TURBO, dit_state_dict_shapes
-    from zimage_turbo.quant.convert import scaled_fp8_state_dict
 
     device = torch.device("cuda" if cuda else "cpu")
     spec, size = (TINY_DIT, 64) if args.quick else (ZIMAGE_TURBO, args.size)
@@ -133,16 +144,11 @@ def main() -> int:
     if args.quick and any(f.startswith("core_") for f in formats):
         print("  core_*: skipped (ComfyUI's own loader detects Z-Image only at the real width, 3840)")
         formats = [f for f in formats if not f.startswith("core_")]
-    rows, profiles, quantized = [], args.profile.split(",") if args.profile else [], {}
+    rows, profiles, converted = [], args.profile.split(",") if args.profile else [], {}
     for fmt in formats:
         with switches(fmt) as kind:
             t0 = time.perf_counter()
-            if kind.startswith("Q") and kind not in quantized:  # kept for the variants of the type (CPU RAM)
-                quantized[kind] = quantized_dit(base, kind, device)
-            if kind.endswith("scaled_fp8") and "scaled_fp8" not in quantized:
-                quantized["scaled_fp8"] = scaled_fp8_state_dict(base)[0]  # what the quantize command writes
-            sd = quantized["scaled_fp8"] if kind.endswith("scaled_fp8") else quantized[kind] if kind.startswith("Q") \
-                else base
+            sd = state_dict_for(kind, base, converted, device)
             prep = time.perf_counter() - t0
             model = load(kind, sd)
             if cuda:
