@@ -10,6 +10,7 @@ def main(argv: list[str] | None = None) -> int:
     # The repo root on sys.path would let the pack's `nodes/` shadow ComfyUI's `nodes` module.
     root = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
+    from .downloads import cli as download_cmd
     from .headless import run as run_cmd
     from .planner import cli as plan_cmd
     from .quant import convert
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd.add_parser(sub)
     convert.add_parser(sub)
     plan_cmd.add_parser(sub)
+    download_cmd.add_parser(sub)
     args = parser.parse_args(argv)
     args.func(args)
     return 0

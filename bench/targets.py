@@ -43,7 +43,7 @@ def read_whole_graph(text: str) -> list[tuple[str, float, float]]:
     for line in text.splitlines():
         m = re.match(r"^(\d+x\d+), cap", line)
         if m:
-            size = m.group(1)
+            size = m.group(1) + (" with ControlNet" if "with ControlNet" in line else "")
         m = re.search(r"whole graph: measured peak ([\d.]+) GiB, planner ([\d.]+) GiB", line)
         if m:
             found.append((size, float(m.group(1)), float(m.group(2))))

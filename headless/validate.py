@@ -22,10 +22,21 @@ from .workflow import MODEL_FILE_INPUTS, VIRTUAL_NODE_TYPES, WorkflowError, ui_t
 # Extensions ComfyUI lists in model folders (folder_paths.supported_pt_extensions) plus GGUF, which this pack's
 # loaders add to the folders they read.
 MODEL_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"})
-GGUF_FOLDERS = frozenset({"diffusion_models", "text_encoders"})
+GGUF_FOLDERS = frozenset({"diffusion_models", "text_encoders", "model_patches"})
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 CONTROL_VALUES = frozenset({"fixed", "increment", "decrement", "randomize"})
 WIDGET_KINDS = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
+
+
+# Core node types that only newer ComfyUI releases have: a workflow using one cannot run on an older host, which is
+# the host's limit, not the workflow's fault (validators and tests skip such workflows there and say why).
+NEWER_CORE_NODES = {"ZImageFunControlnet": "the Z-Image Fun ControlNet (ComfyUI after 0.4.0)"}
+
+
+def host_lacks(ui: dict, object_info: dict) -> dict[str, str]:
+    """{node type: what it is} of the newer-ComfyUI core nodes the UI workflow uses and this host lacks."""
+    used = {n.get("type") for n in ui.get("nodes", []) if isinstance(n, dict)}
+    return {t: why for t, why in NEWER_CORE_NODES.items() if t in used and t not in object_info}
 
 
 def _options(spec: list) -> dict:

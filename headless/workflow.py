@@ -18,6 +18,10 @@ MODEL_FILE_INPUTS: dict[tuple[str, str], str] = {
     ("UNETLoader", "unet_name"): "diffusion_models",
     ("CLIPLoader", "clip_name"): "text_encoders",
     ("VAELoader", "vae_name"): "vae",
+    ("ZImageControlNetLoader", "patch_name"): "model_patches",
+    ("ModelPatchLoader", "name"): "model_patches",
+    ("ZImageLoraLoader", "lora_name"): "loras",
+    ("LoraLoaderModelOnly", "lora_name"): "loras",
 }
 
 

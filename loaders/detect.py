@@ -87,7 +87,9 @@ def _rank_problem(s: Shapes, needed: dict[str, int]) -> str | None:
 
 
 # Sizes fixed by the architecture (ComfyUI's NextDiT with z_image modulation builds them whatever the width).
-ZIMAGE_T_FREQ, ZIMAGE_ADALN, ZIMAGE_T_HIDDEN = 256, 256, 1024
+# The timestep MLP's hidden width is not: ComfyUI builds min(dim, 1024), diffusers always 1024; the loader
+# builds whatever the file holds.
+ZIMAGE_T_FREQ, ZIMAGE_ADALN = 256, 256
 
 
 def zimage_dit_problem(s: Shapes) -> str | None:
@@ -109,9 +111,9 @@ def zimage_dit_problem(s: Shapes) -> str | None:
     if dim % head_dim or qkv_rows % head_dim or (qkv_rows // head_dim - n_heads) % 2 or qkv_rows <= dim \
             or patch_in % 4 or n_heads == 0:
         return f"width {dim}, head size {head_dim} and attention rows {qkv_rows} that do not fit together"
-    if adaln != min(dim, ZIMAGE_ADALN) or t_hidden != min(dim, ZIMAGE_T_HIDDEN):
-        return (f"width {dim} with a timestep embedding of {t_hidden} and modulation input {adaln} "
-                f"(Z-Image uses {min(dim, ZIMAGE_T_HIDDEN)} and {min(dim, ZIMAGE_ADALN)})")
+    if adaln != min(dim, ZIMAGE_ADALN):
+        return (f"width {dim} with a modulation input of {adaln} (a Z-Image DiT of width {dim} takes "
+                f"{min(dim, ZIMAGE_ADALN)})")
     expected = {
         "x_embedder.weight": (dim, patch_in), "cap_embedder.0.weight": (cap,), "cap_embedder.1.weight": (dim, cap),
         "t_embedder.mlp.0.weight": (t_hidden, ZIMAGE_T_FREQ), "t_embedder.mlp.2.weight": (ZIMAGE_ADALN, t_hidden),
@@ -200,6 +202,13 @@ KINDS: tuple[Kind, ...] = (
          lambda s: "all_x_embedder.2-1.weight" in s and "layers.0.attention.to_q.weight" in s),
     Kind("zimage_dit_damaged", "a damaged Z-Image DiT", _zimage_loose, zimage_dit_problem),
     Kind("lumina2_dit", "a Lumina 2 DiT", _has("cap_embedder.1.weight", "layers.0.adaLN_modulation.1.weight")),
+    Kind("zimage_controlnet", "a Z-Image Fun ControlNet patch (for models/model_patches)",
+         lambda s: "control_all_x_embedder.2-1.weight" in s and "control_layers.0.after_proj.weight" in s),
+    Kind("qwen_image_controlnet", "a Qwen-Image ControlNet",
+         lambda s: "controlnet_blocks.0.y_rms.weight" in s or ("controlnet_blocks.0.weight" in s and
+                                                             "transformer_blocks.0.img_mod.1.weight" in s)),
+    Kind("flux_controlnet", "a Flux ControlNet",
+         lambda s: "controlnet_blocks.0.weight" in s or "controlnet_x_embedder.weight" in s),
     Kind("flux_dit", "a Flux DiT", _has("double_blocks.0.img_attn.qkv.weight")),
     Kind("qwen_image_dit", "a Qwen-Image DiT", _has("transformer_blocks.0.img_mod.1.weight")),
     Kind("sd_unet", "an SD1.x/SDXL UNet", _has("input_blocks.0.0.weight")),
@@ -244,3 +253,45 @@ def describe(shapes: Shapes) -> str:
         return f"{kind.description} ({problem})" if problem else kind.description
     sample = ", ".join(sorted(shapes)[:3])
     return f"an unrecognised model ({len(shapes)} tensors, e.g. {sample})"
+
+
+# ------------------------------------------------------------------------------ "load it with …" hints
+# The pack loader each recognised kind belongs to (damaged files too: they are meant for it).
+PACK_LOADERS = {"dit": "the Z-Image Diffusion Model Loader (models/diffusion_models)",
+                "te": "the Z-Image Text Encoder Loader (models/text_encoders)",
+                "vae": "the Z-Image VAE Loader (models/vae)",
+                "controlnet": "the Z-Image ControlNet Loader (models/model_patches)"}
+KIND_ROLES = {"zimage_dit": "dit", "zimage_dit_diffusers": "dit", "zimage_dit_damaged": "dit",
+              "qwen3_te": "te", "qwen3_te_damaged": "te", "flux_vae": "vae", "flux_vae_damaged": "vae",
+              "zimage_controlnet": "controlnet"}
+# Kinds no pack loader takes: what the user can do instead.
+FOREIGN_HINTS = {
+    "lumina2_dit": "Lumina 2 is not Z-Image: load it with core's Load Diffusion Model node.",
+    "flux_dit": "A Flux model is not Z-Image: load it with core's Load Diffusion Model node.",
+    "qwen_image_dit": "A Qwen-Image model is not Z-Image: load it with core's Load Diffusion Model node.",
+    "sd_unet": "An SD1.x/SDXL model is not Z-Image: load it with core's Load Checkpoint node.",
+    "qwen_image_controlnet": "A Qwen-Image ControlNet does not fit Z-Image; use a Z-Image Fun ControlNet patch.",
+    "flux_controlnet": "A Flux ControlNet does not fit Z-Image; use a Z-Image Fun ControlNet patch.",
+    "llama_te": "Z-Image's text encoder is Qwen3-4B (qwen_3_4b.safetensors or a Qwen3-4B GGUF).",
+    "t5_te": "Z-Image's text encoder is Qwen3-4B, not T5 (qwen_3_4b.safetensors or a Qwen3-4B GGUF).",
+    "clip_te": "Z-Image's text encoder is Qwen3-4B, not CLIP (qwen_3_4b.safetensors or a Qwen3-4B GGUF).",
+    "sd_vae": "Z-Image decodes with the Flux VAE (ae.safetensors).",
+    "other_vae": "Z-Image decodes with the Flux VAE (ae.safetensors).",
+    "vae_diffusers": "Z-Image decodes with the Flux VAE in its original layout (ae.safetensors).",
+}
+DAMAGED_HINT = "The file looks damaged or incomplete: download it again."
+
+
+def loader_hint(kind: Kind | None, role: str, default: str) -> str:
+    """What to tell a user whose file the `role` loader ("dit", "te", "vae", "controlnet") refused: the loader
+    the file belongs to, that it looks damaged, or what to use instead; `default` for unrecognised files."""
+    if kind is None:
+        return default
+    damaged = kind.name.endswith("_damaged")
+    home = KIND_ROLES.get(kind.name)
+    if home == role:
+        return DAMAGED_HINT if damaged else default
+    if home is not None:
+        return f"Load it with {PACK_LOADERS[home]}" + (" after downloading it again (it looks damaged)." if damaged
+                                                       else ".")
+    return FOREIGN_HINTS.get(kind.name, default)

@@ -8,7 +8,7 @@ import torch
 
 from . import host
 from .config import infer_zimage_dit_config
-from .detect import classify, describe, strip_known_prefix
+from .detect import PACK_LOADERS, classify, describe, loader_hint, strip_known_prefix
 from .errors import ModelFileError
 from .dit_layouts import diffusers_to_comfy, is_diffusers_layout, shard_files, shard_index_for
 from .dit_quant_formats import apply_quant_format, has_scaled_weights
@@ -49,17 +49,31 @@ def allow_fp16(sd: dict[str, torch.Tensor], n_layers: int) -> bool:
         return False
     value = sd[key]
     value = value.dequantize(torch.float32) if hasattr(value, "dequantize") and hasattr(value, "quant_type") else value
-    return float(value.float().std()) < 0.42
+    return float(value.float().std(unbiased=False)) < 0.42  # population std, as model_detection computes it
+
+
+def match_timestep_embedder(diffusion_model: torch.nn.Module, hidden: int) -> None:
+    """Rebuild the timestep MLP `hidden` wide where the host built another width (ComfyUI builds
+    min(dim, 1024); diffusers-made files below width 1024 carry 1024), with the host's own embedder class,
+    operations, dtype and device, so the file's weights load into it unchanged."""
+    from comfy.ldm.lumina.model import TimestepEmbedder
+    old = diffusion_model.t_embedder
+    first, last = old.mlp[0], old.mlp[2]
+    if first.out_features == hidden:
+        return
+    operations = type("TimestepOps", (), {"Linear": type(first)})
+    weight = first.weight  # None for the pack's quantized ops (weights arrive with the state dict)
+    diffusion_model.t_embedder = TimestepEmbedder(
+        hidden, frequency_embedding_size=first.in_features, output_size=last.out_features,
+        dtype=getattr(weight, "dtype", None), device=getattr(weight, "device", None), operations=operations)
 
 
 def check_zimage_dit(path: str | os.PathLike, shapes: dict) -> None:
     """Raise ModelFileError unless `shapes` (prefix stripped) is a Z-Image DiT in ComfyUI layout."""
     kind = classify(shapes)
     if kind is None or kind.name not in DIT_KINDS:
-        hint = {"qwen3_te": "Load it with the Z-Image text encoder loader.",
-                "flux_vae": "Load it with the Z-Image VAE loader."}.get(kind.name if kind else "", "")
         raise ModelFileError(path, EXPECTED, describe(shapes),
-                             hint or "Put Z-Image DiT files in models/diffusion_models.")
+                             loader_hint(kind, "dit", "Put Z-Image DiT files in models/diffusion_models."))
 
 
 def build_zimage_model(sd: dict[str, torch.Tensor], path: str | os.PathLike = "<state dict>",
@@ -101,6 +115,7 @@ def build_zimage_model(sd: dict[str, torch.Tensor], path: str | os.PathLike = "<
         model_config.optimizations["fp8"] = True
 
     model = model_config.get_model(sd, "")
+    match_timestep_embedder(model.diffusion_model, shapes["t_embedder.mlp.0.weight"][0])
     expected_keys = set(model.diffusion_model.state_dict().keys())
     missing = sorted(k for k in expected_keys - set(sd) - UNUSED_MODEL_KEYS
                      if not any(m in k for m in SCALE_KEY_MARKERS))
@@ -148,6 +163,8 @@ def load_zimage_dit(path: str | os.PathLike, weight_dtype: str = "default"):
 
 
 GGUF_DIT_ARCHITECTURES = (None, "lumina2", "zimage", "z_image")
+GGUF_ARCH_HINTS = {"qwen3": f"Load text-encoder GGUFs with {PACK_LOADERS['te']}.",
+                   "zimage_control": f"This is a ControlNet patch: load it with {PACK_LOADERS['controlnet']}."}
 
 
 def load_zimage_dit_gguf(path: str | os.PathLike, weight_dtype: str = "default"):
@@ -155,7 +172,7 @@ def load_zimage_dit_gguf(path: str | os.PathLike, weight_dtype: str = "default")
     gguf = read_gguf_state_dict(path, EXPECTED)
     if gguf.architecture not in GGUF_DIT_ARCHITECTURES:
         raise ModelFileError(path, EXPECTED, f"a GGUF of architecture '{gguf.architecture}'",
-                             "Load text-encoder GGUFs with the Z-Image text encoder loader.")
+                             GGUF_ARCH_HINTS.get(gguf.architecture, GGUF_ARCH_HINTS["qwen3"]))
     prefix, shapes = strip_known_prefix(gguf.shapes())
     check_zimage_dit(path, shapes)
     sd = {k[len(prefix):]: v for k, v in gguf.tensors.items() if k.startswith(prefix)}

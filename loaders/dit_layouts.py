@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -19,8 +20,15 @@ def is_diffusers_layout(keys) -> bool:
     return any(k.startswith("all_x_embedder.") for k in keys)
 
 
-def diffusers_to_comfy(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a diffusers `ZImageTransformer2DModel` state dict to ComfyUI's NextDiT layout."""
+def concat_rows(parts: list[torch.Tensor], name: str) -> torch.Tensor:
+    return torch.cat(parts, dim=0)
+
+
+def diffusers_to_comfy(sd: dict[str, torch.Tensor], top_renames=TOP_RENAMES,
+                       join_rows: Callable[[list[torch.Tensor], str], torch.Tensor] = concat_rows
+                       ) -> dict[str, torch.Tensor]:
+    """Rename a diffusers `ZImageTransformer2DModel` state dict to ComfyUI's NextDiT layout (also the blocks of a
+    Fun ControlNet patch, with its own top-level renames): q/k/v become one qkv, joined by `join_rows`."""
     out: dict[str, torch.Tensor] = {}
     qkv: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in sd.items():
@@ -30,7 +38,7 @@ def diffusers_to_comfy(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             qkv.setdefault(f"{block}.qkv.{leaf}", {})[proj] = value
             continue
         new = key
-        for old, rep in TOP_RENAMES:
+        for old, rep in top_renames:
             if new.startswith(old):
                 new = rep + new[len(old):]
         for old, rep in BLOCK_RENAMES:
@@ -39,7 +47,7 @@ def diffusers_to_comfy(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for key, parts in qkv.items():
         if set(parts) != set(QKV_PARTS):
             raise KeyError(f"{key}: q/k/v projections incomplete ({sorted(parts)})")
-        out[key] = torch.cat([parts[p] for p in QKV_PARTS], dim=0)
+        out[key] = join_rows([parts[p] for p in QKV_PARTS], key)
     return out
 
 

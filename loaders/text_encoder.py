@@ -21,7 +21,8 @@ import torch
 
 from . import host
 from .config import count_blocks, infer_qwen3_config
-from .detect import classify, describe, strip_known_prefix
+from .detect import PACK_LOADERS, classify, describe, loader_hint, strip_known_prefix
+from .dit_quant_formats import require_comfy_quant_support
 from .errors import ModelFileError
 from .keymaps import block_index, can_drop_last, map_qwen3_names, qwen3_layer_keys, unused_qwen3_keys
 from .safetensors_file import load_tensors, read_header
@@ -39,7 +40,8 @@ ZIMAGE_TE_HIDDEN = 2560  # Qwen3-4B, whose hidden states Z-Image's caption embed
 OTHER_QWEN3_SIZES = {1024: "Qwen3-0.6B", 2048: "Qwen3-1.7B", 4096: "Qwen3-8B", 5120: "Qwen3-14B/Qwen3-32B"}
 GGUF_ARCH = "qwen3"
 GGUF_ARCH_HINTS = {
-    "lumina2": "This is a diffusion model: load it with the Z-Image diffusion model loader.",
+    "lumina2": f"This is a diffusion model: load it with {PACK_LOADERS['dit']}.",
+    "zimage_control": f"This is a ControlNet patch: load it with {PACK_LOADERS['controlnet']}.",
     "qwen3moe": "Qwen3 MoE models are not Z-Image's text encoder.",
     "qwen3vl": "Qwen3-VL is not Z-Image's text encoder.",
 }
@@ -107,10 +109,8 @@ def check_qwen3(path: str | os.PathLike, shapes: dict) -> dict:
     """Raise ModelFileError unless `shapes` is a Qwen3 encoder ComfyUI can run; return its config."""
     kind = classify(shapes)
     if kind is None or kind.name != "qwen3_te":
-        hint = {"zimage_dit": "Load it with the Z-Image diffusion model loader.",
-                "flux_vae": "Load it with the Z-Image VAE loader."}.get(kind.name if kind else "",
-                                                                       "Put Qwen3-4B files in models/text_encoders.")
-        raise ModelFileError(path, EXPECTED, describe(shapes), hint)
+        raise ModelFileError(path, EXPECTED, describe(shapes),
+                             loader_hint(kind, "te", "Put Qwen3-4B files in models/text_encoders."))
     config = infer_qwen3_config(shapes)
     if config["head_dim"] != COMFY_HEAD_DIM:
         raise ModelFileError(path, f"a Qwen3 encoder with head_dim {COMFY_HEAD_DIM}",
@@ -157,6 +157,7 @@ def load_qwen3_text_encoder(path: str | os.PathLike, tokenizer: str = "auto"):
     skip = unused_qwen3_keys(shapes, config["num_hidden_layers"]) if can_drop_last(config["num_hidden_layers"]) else set()
     wanted = [k for k in shapes if k not in skip or k == "model.norm.weight"]
     sd = {k[len(prefix):]: v for k, v in load_tensors(header, [prefix + k for k in wanted]).items()}
+    require_comfy_quant_support(sd, path, EXPECTED, "qwen_3_4b.safetensors or a Qwen3-4B GGUF")
     return _build_dense_clip(sd, config)
 
 
@@ -358,9 +359,14 @@ def load_qwen3_gguf_text_encoder(path: str | os.PathLike, tokenizer: str = "auto
     arch, metadata = head.architecture, head.metadata
     qwen3_names = any(n in names for n in ("blk.0.attn_q_norm.weight", "model.layers.0.self_attn.q_norm.weight"))
     if arch != GGUF_ARCH and not (arch is None and qwen3_names):
-        found = _describe_gguf(_read_gguf(path, EXPECTED_GGUF)) if arch is None else f"a GGUF of architecture '{arch}'"
-        raise ModelFileError(path, EXPECTED_GGUF, found,
-                             GGUF_ARCH_HINTS.get(arch or "", "Z-Image needs the Qwen3-4B text encoder."))
+        default = "Z-Image needs the Qwen3-4B text encoder."
+        if arch is None:  # no architecture: say what the tensors are and where they belong
+            gguf = _read_gguf(path, EXPECTED_GGUF)
+            found = _describe_gguf(gguf)
+            hint = loader_hint(classify(strip_known_prefix(gguf.shapes())[1]), "te", default)
+        else:
+            found, hint = f"a GGUF of architecture '{arch}'", GGUF_ARCH_HINTS.get(arch, default)
+        raise ModelFileError(path, EXPECTED_GGUF, found, hint)
     arch = arch or GGUF_ARCH
     declared = _meta(metadata, arch, "embedding_length")
     if isinstance(declared, (int, float)):

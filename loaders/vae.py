@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from .detect import classify, describe, strip_known_prefix
+from .detect import classify, describe, loader_hint, strip_known_prefix
 from .errors import ModelFileError
 from .safetensors_file import load_tensors, read_header
 
@@ -18,11 +18,8 @@ def load_flux_vae(path: str | os.PathLike):
     prefix, shapes = strip_known_prefix(header.shapes())
     kind = classify(shapes)
     if kind is None or kind.name != "flux_vae":
-        hint = {"zimage_dit": "Load it with the Z-Image diffusion model loader.",
-                "qwen3_te": "Load it with the Z-Image text encoder loader.",
-                "sd_vae": "Z-Image decodes with the Flux VAE (ae.safetensors)."}.get(kind.name if kind else "",
-                                                                                   "Put ae.safetensors in models/vae.")
-        raise ModelFileError(path, EXPECTED, describe(shapes), hint)
+        raise ModelFileError(path, EXPECTED, describe(shapes),
+                             loader_hint(kind, "vae", "Put ae.safetensors in models/vae."))
     sd = {k[len(prefix):]: v for k, v in load_tensors(header, [prefix + k for k in shapes]).items()}
     vae = comfy.sd.VAE(sd=sd, metadata=header.metadata)
     vae.throw_exception_if_invalid()

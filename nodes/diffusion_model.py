@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..loaders.dit import WEIGHT_DTYPES, load_zimage_dit
 from .common import CATEGORY_LOADERS, model_files, model_path
 
-FOLDERS = ("diffusion_models",)
+FOLDERS = ("diffusion_models", "unet_gguf")
 
 
 class ZImageDiffusionModelLoader:
@@ -14,6 +14,7 @@ class ZImageDiffusionModelLoader:
                    "safetensors, ComfyUI or diffusers layout (pick any shard of a multi-file checkpoint), or "
                    "GGUF (weights stay quantized). Its configuration is read from the weights.")
     CATEGORY = CATEGORY_LOADERS
+    SEARCH_ALIASES = ["dit", "unet", "diffusion model", "gguf", "unet gguf", "fp8"]
     RETURN_TYPES = ("MODEL",)
     OUTPUT_TOOLTIPS = ("The Z-Image model, usable by this pack's sampler and by core nodes (KSampler, LoRA).",)
     FUNCTION = "load"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+from ..sampling.presets import CUSTOM, preset_names, resolve_preset
 from ..sampling.schedules import schedule_names
 from ..sampling.turbo import empty_latent, image_seeds, turbo_sample
 from .common import CATEGORY_SAMPLING
@@ -58,20 +59,37 @@ class ZImageTurboSampler:
                 "negative": ("CONDITIONING", {"lazy": True, "tooltip": "Negative prompt, used only when cfg > 1: "
                                               "at cfg 1 it is not even encoded."}),
                 "latent_image": ("LATENT", {"tooltip": "Start latent (img2img); overrides width/height/batch."}),
+                "preset": (preset_names(), {"default": CUSTOM,
+                           "tooltip": "custom: the steps/cfg/shift/sampler/scheduler widgets. turbo: 8 steps, "
+                                      "cfg 1, shift 3, euler/simple. base (Z-Image Base): 28 steps, cfg 4 with "
+                                      "the negative prompt, shift 3, euler/simple; the widgets are then ignored."}),
+                "variety": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 2.0, "step": 0.01,
+                            "tooltip": "Seed variety. 0 = off (the exact image of before). Above 0 the prompt is "
+                                       "blurred by a per-seed random nudge in the first steps only, so different "
+                                       "seeds give different compositions (layout, pose, framing) while the "
+                                       "prompt's content and the detail stay. 0.2-0.5 is subtle, 1 is strong."}),
+                "variety_until": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 1.0, "step": 0.05,
+                                  "tooltip": "Fraction of the steps that get the nudge, from the start: 0.25 of 8 "
+                                             "steps = the first 2. Longer: the picture drifts further from the "
+                                             "prompt; shorter: only the rough layout changes."}),
             },
         }
 
-    def check_lazy_status(self, cfg, negative=None, **kwargs):
+    def check_lazy_status(self, cfg, negative=None, preset=CUSTOM, steps=8, shift=3.0, sampler_name="euler",
+                          scheduler="simple", **kwargs):
         """Ask ComfyUI to evaluate the negative branch only when guidance will use it."""
+        cfg = resolve_preset(preset, steps, cfg, shift, sampler_name, scheduler).cfg
         return ["negative"] if negative is None and not math.isclose(cfg, 1.0) else []
 
     def sample(self, model, positive, width, height, batch_size, seed, steps, cfg, shift, sampler_name, scheduler,
-               denoise, negative=None, latent_image=None):
+               denoise, negative=None, latent_image=None, preset=CUSTOM, variety=0.0, variety_until=0.3):
         latent = latent_image if latent_image is not None else empty_latent(width, height, batch_size)
-        if math.isclose(cfg, 1.0):
+        settings = resolve_preset(preset, steps, cfg, shift, sampler_name, scheduler)
+        if math.isclose(settings.cfg, 1.0):
             negative = None
-        out = turbo_sample(model, positive, latent, seed, steps=steps, cfg=cfg, shift=shift,
-                           sampler_name=sampler_name, scheduler=scheduler, denoise=denoise, negative=negative)
+        out = turbo_sample(model, positive, latent, seed, steps=settings.steps, cfg=settings.cfg,
+                           shift=settings.shift, sampler_name=settings.sampler_name, scheduler=settings.scheduler,
+                           denoise=denoise, negative=negative, variety=variety, variety_until=variety_until)
         return (out, ", ".join(str(s) for s in image_seeds(latent, seed)))
 
 

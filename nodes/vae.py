@@ -12,6 +12,7 @@ class ZImageVAELoader:
 
     DESCRIPTION = "Loads the Flux.1 autoencoder (ae.safetensors) that turns Z-Image latents into pictures."
     CATEGORY = CATEGORY_LOADERS
+    SEARCH_ALIASES = ["vae", "flux vae", "ae"]
     RETURN_TYPES = ("VAE",)
     OUTPUT_TOOLTIPS = ("The VAE, for VAEDecode / VAEDecodeTiled / VAEEncode.",)
     FUNCTION = "load"

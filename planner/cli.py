@@ -4,19 +4,37 @@ from __future__ import annotations
 import argparse
 
 from .catalog import published_files
-from .estimate import GiB, HostProfile, choose
-from .files import scan_models_dir
+from .estimate import MODEL_CFG, GiB, HostProfile, choose
+from .files import inspect_file, scan_models_dir, synthetic_control_patch
 
 
 def run(args: argparse.Namespace) -> int:
-    files = scan_models_dir(args.models_dir) if args.models_dir else published_files()
+    files = scan_models_dir(args.models_dir) if args.models_dir else published_files(args.model)
+    cfg = args.cfg if args.cfg is not None else MODEL_CFG[args.model]
     host = HostProfile(memory_usage_factor=args.memory_usage_factor, extra_reserved=int(args.reserve_mb * 2 ** 20))
+    patch = control_patch_record(args.control_patch) if args.control_patch else None
     choice = choose(files, int(args.vram * GiB), args.width, args.height, args.batch, host,
-                    prompt_tokens=args.prompt_tokens)
+                    prompt_tokens=args.prompt_tokens, control_patch=patch, patch_dtype=args.control_patch_dtype,
+                    cfg=cfg, model=args.model)
     source = f"files in {args.models_dir}" if args.models_dir else "the published files (no --models-dir given)"
     print(f"Planning over {source}.")
     print(choice.report())
     return 0 if choice.best is not None and choice.best.fits else 1
+
+
+PATCH_VERSIONS = ("1.0", "2.0", "2.1", "2.1-lite")
+
+
+def control_patch_record(spec: str):
+    """A patch file's record (a path), or a published version's (`2.1`, `2.1-lite`, optionally `:Q8_0` etc.)."""
+    version, _, weight = spec.partition(":")
+    if version in PATCH_VERSIONS:
+        return synthetic_control_patch(weight or "BF16", version)
+    record = inspect_file(spec)
+    if record is None or record.role != "control_patch":
+        raise SystemExit(f"--control-patch {spec}: not a Z-Image Fun ControlNet patch file nor one of "
+                         f"{', '.join(PATCH_VERSIONS)} (optionally :Q8_0, :Q4_K …)")
+    return record
 
 
 def add_parser(sub) -> None:
@@ -30,4 +48,11 @@ def add_parser(sub) -> None:
     p.add_argument("--memory-usage-factor", type=float, default=2.8,
                    help="ComfyUI's ZImage.memory_usage_factor (2.8; 1.7 on ComfyUI 0.3.75)")
     p.add_argument("--reserve-mb", type=float, default=400, help="ComfyUI's reserved VRAM (400 MiB, 600 on Windows)")
+    p.add_argument("--control-patch", help="sample with a Fun ControlNet patch: its file, or a published version "
+                                           "(1.0, 2.1, 2.1-lite; :Q8_0 / :Q4_K for a GGUF made by `quantize`)")
+    p.add_argument("--control-patch-dtype", default="default", help="the patch loader's weight_dtype (e.g. fp8_e4m3fn)")
+    p.add_argument("--model", choices=sorted(MODEL_CFG), default="turbo",
+                   help="turbo (cfg 1) or base (Z-Image Base: cfg 4, the negative runs every step)")
+    p.add_argument("--cfg", type=float, help="guidance; above 1 each step also runs the negative (default: the "
+                                             "model's, 1 for turbo, 4 for base)")
     p.set_defaults(func=run)

@@ -120,6 +120,18 @@ def te_dims(mf: ModelFile) -> TEDims:
 
 
 # ------------------------------------------------------------------------------------------------- weights
+# Integer weight storage (INT8 `.comfy_quant` files): ComfyUI keeps the int8 blocks and dequantizes per use.
+INT_WEIGHT_TYPES = frozenset({"I8"})
+
+
+# Roles whose loader has a weight_dtype choice (storage of the ≥2-D weights): the DiT and the ControlNet patch.
+WEIGHT_DTYPE_ROLES = ("dit", "control_patch")
+# A Fun ControlNet patch's extra activations while its control block runs inside a DiT block: the control
+# state, its skip output and the encoded control image, D-wide over the image tokens (an estimate from the
+# model's structure, not measured; bench/lowvram.py measures the whole graph with the patch).
+CONTROL_ACT_D_FACTOR = 4
+
+
 def _is_quantized(dtype: str) -> bool:
     return dtype not in ST_BYTES
 
@@ -150,11 +162,11 @@ def resident_bytes(mf: ModelFile, host: HostProfile = HostProfile(), weight_dtyp
     for t in mf.tensors:
         if t.name in skipped:
             continue
-        if mf.role == "dit" and weight_dtype.startswith("fp8") and len(t.shape) >= 2:
+        if mf.role in WEIGHT_DTYPE_ROLES and weight_dtype.startswith("fp8") and len(t.shape) >= 2:
             total += t.numel if not _is_quantized(t.dtype) else t.n_bytes
-        elif mf.role == "dit" and weight_dtype in ("bf16", "fp16", "fp32") and not _is_quantized(t.dtype):
+        elif mf.role in WEIGHT_DTYPE_ROLES and weight_dtype in ("bf16", "fp16", "fp32") and not _is_quantized(t.dtype):
             total += t.numel * {"bf16": 2, "fp16": 2, "fp32": 4}[weight_dtype]
-        elif _is_quantized(t.dtype):
+        elif _is_quantized(t.dtype) or t.dtype in INT_WEIGHT_TYPES:
             total += t.n_bytes
         elif t.dtype in FP8_TYPES:
             total += t.numel if (keep_fp8 or mf.role != "dit") else t.numel * ds
@@ -165,7 +177,8 @@ def resident_bytes(mf: ModelFile, host: HostProfile = HostProfile(), weight_dtyp
 
 def _needs_cast(mf: ModelFile, weight_dtype: str) -> bool:
     """Layers whose weights are converted at every use (GGUF dequant, fp8 upcast)."""
-    return any(_is_quantized(t.dtype) or t.dtype in FP8_TYPES for t in mf.tensors) or weight_dtype.startswith("fp8")
+    return (any(_is_quantized(t.dtype) or t.dtype in FP8_TYPES or t.dtype in INT_WEIGHT_TYPES for t in mf.tensors)
+            or weight_dtype.startswith("fp8"))
 
 
 # --------------------------------------------------------------------------------------------- activations
@@ -273,6 +286,7 @@ class Plan:
     tier_gb: int = 0
     workflow: str = ""
     notes: list[str] = field(default_factory=list)
+    control_patch: ModelFile | None = None
 
     @property
     def peak(self) -> int:
@@ -301,6 +315,7 @@ class Plan:
                  + (f", tier workflow {self.workflow}" if self.workflow else ""),
                  f"  text encoder: {self.te.label}", f"  DiT:          {self.dit.label}",
                  f"  VAE:          {self.vae.label}",
+                 *([f"  ControlNet:   {self.control_patch.label}"] if self.control_patch else []),
                  "  stage    weights  on GPU  streamed  activ.  transient  other   PEAK (GiB)"]
         for s in self.stages:
             lines.append(f"  {s.name:7s} {g(s.weights)}  {g(s.on_gpu)}  {g(s.streamed)}   {g(s.activations)}"
@@ -334,10 +349,19 @@ def _evict(prev_on_gpu: int, free_total: int, need: int) -> int:
 
 def plan(te: ModelFile, dit: ModelFile, vae: ModelFile, vram: int, width: int = 1024, height: int = 1024,
          batch: int = 1, host: HostProfile = HostProfile(), weight_dtype: str = "default",
-         prompt_tokens: int = DEFAULT_PROMPT_TOKENS, decode_tile: int | None = None) -> Plan:
+         prompt_tokens: int = DEFAULT_PROMPT_TOKENS, decode_tile: int | None = None,
+         control_patch: ModelFile | None = None, patch_dtype: str = "default", cfg: float = 1.0,
+         model: str = "turbo") -> Plan:
     """Peak VRAM of encode → sample → decode for these files on a card of `vram` bytes (see module doc).
 
+    `cfg` > 1 (Z-Image Base; `model="base"` names Base's tier workflows): each step runs the positive and the
+    negative; ComfyUI batches them into one call when memory_required(2B)·1.5 fits the free memory
+    (samplers.calc_cond_batch), so the sample stage's activations are those of batch 2B, else two calls of B.
+
     `decode_tile`: force a tile size (latent units) for decode; None picks like ZImageVAEDecode.
+    `control_patch`: a Fun ControlNet patch sampled with the DiT (`patch_dtype` its loader's weight_dtype):
+    ComfyUI loads it beside the DiT in one load_models_gpu call, so the sample stage counts both models'
+    weights, partial loading over their sum, and the control blocks' extra activations.
     """
     ds = host.compute_bytes
     free0 = vram - host.cuda_context  # what get_free_memory reports on an idle card
@@ -353,6 +377,8 @@ def plan(te: ModelFile, dit: ModelFile, vae: ModelFile, vram: int, width: int = 
 
     # sample: the TE leaves (partially) before the DiT loads when both do not fit
     dit_w = resident_bytes(dit, host, weight_dtype, usable=free0 - host.inference_reserve)
+    patch_w = resident_bytes(control_patch, host, patch_dtype) if control_patch else 0
+    dit_w += patch_w
     req2 = comfy_dit_memory_required(width, height, 2 * batch, host)
     req1 = comfy_dit_memory_required(width, height, batch, host)
     extra = max(host.inference_reserve, req2 + host.extra_reserved)
@@ -362,9 +388,18 @@ def plan(te: ModelFile, dit: ModelFile, vae: ModelFile, vram: int, width: int = 
     dit_gpu = _load(free0 - te_left, dit_w, min_req, host)
     dd = dit_dims(dit)
     dit_tr = 2 * dd.max_matrix * ds if (_needs_cast(dit, weight_dtype) or dit_gpu < dit_w) else 0
+    cond_batched = cfg_batches_conds(cfg, req2, free0 - te_left - dit_gpu)
+    dit_act = dit_activation_bytes(dd, width, height, batch * (2 if cond_batched else 1), prompt_tokens, ds)
+    if control_patch:
+        dit_tr = max(dit_tr, 2 * _max_matrix(control_patch) * ds if _needs_cast(control_patch, patch_dtype) else 0)
+        img_tokens = math.ceil(height / 16) * math.ceil(width / 16)
+        dit_act += batch * img_tokens * CONTROL_ACT_D_FACTOR * dd.dim * ds
     note = "TE unloaded" if te_left == 0 and te_gpu else ("TE partly unloaded" if te_left < te_gpu else "")
-    stages.append(Stage("sample", dit.name, dit_w, dit_gpu,
-                        dit_activation_bytes(dd, width, height, batch, prompt_tokens, ds), dit_tr, te_left, min_req, note))
+    if cfg != 1.0:
+        note = ", ".join(filter(None, [note, "cfg>1: +/- batched (2x activations)" if cond_batched
+                                      else "cfg>1: +/- in two calls"]))
+    stages.append(Stage("sample", dit.name + (f" + {control_patch.name}" if control_patch else ""), dit_w, dit_gpu,
+                        dit_act, dit_tr, te_left, min_req, note))
 
     # decode (ZImageVAEDecode): reserves the measured peak ×1.3 for the picture (whole) or one tile
     vae_w = resident_bytes(vae, host)
@@ -386,9 +421,10 @@ def plan(te: ModelFile, dit: ModelFile, vae: ModelFile, vram: int, width: int = 
     stages.append(Stage("decode", vae.name, vae_w, vae_gpu, act, 0, dit_left, reservation,
                         "tiled" if tiles else "whole"))
 
-    p = Plan(vram, width, height, batch, te, dit, vae, stages, host, tiles)
-    p.tier_gb = tier_for(vram)
-    p.workflow = TIER_WORKFLOWS[p.tier_gb]
+    p = Plan(vram, width, height, batch, te, dit, vae, stages, host, tiles, control_patch=control_patch)
+    workflows = CONTROLNET_TIER_WORKFLOWS if control_patch else MODEL_TIER_WORKFLOWS[model]
+    p.tier_gb = tier_for(vram, workflows)
+    p.workflow = workflows[p.tier_gb]
     return p
 
 
@@ -398,11 +434,28 @@ TIER_WORKFLOWS = {6: "workflows/z_image_turbo_6gb.json", 8: "workflows/z_image_t
                   12: "workflows/z_image_turbo_12gb.json", 24: "workflows/z_image_turbo_24gb.json"}
 
 
-def tier_for(vram: int) -> int:
+# The ControlNet workflows (canny variant named; depth/pose and inpaint ones exist for the same tiers).
+CONTROLNET_TIER_WORKFLOWS = {6: "workflows/z_image_turbo_controlnet_canny_6gb.json",
+                             12: "workflows/z_image_turbo_controlnet_canny_12gb.json"}
+
+
+# Z-Image Base (cfg 4, 28 steps): 6-8 GB cards run unsloth's Q4_K_M GGUF DiT, 12 GB the bf16 file as fp8.
+BASE_TIER_WORKFLOWS = {6: "workflows/z_image_base_6gb.json", 12: "workflows/z_image_base_12gb.json",
+                       24: "workflows/z_image_base_24gb.json"}
+MODEL_TIER_WORKFLOWS = {"turbo": TIER_WORKFLOWS, "base": BASE_TIER_WORKFLOWS}
+MODEL_CFG = {"turbo": 1.0, "base": 4.0}  # the sampler presets' guidance (sampling/presets.py)
+
+
+def cfg_batches_conds(cfg: float, memory_required_2b: int, free: int) -> bool:
+    """Whether ComfyUI runs positive and negative in one call: cfg > 1 and memory_required(2B)·1.5 < free."""
+    return cfg != 1.0 and memory_required_2b * 1.5 < free
+
+
+def tier_for(vram: int, workflows: dict[int, str] = TIER_WORKFLOWS) -> int:
     """The largest tier whose card size is ≤ the VRAM (cards report slightly under their nominal size)."""
     gb = vram / GiB + 0.25
-    fitting = [t for t in TIER_WORKFLOWS if t <= gb]
-    return max(fitting) if fitting else min(TIER_WORKFLOWS)
+    fitting = [t for t in workflows if t <= gb]
+    return max(fitting) if fitting else min(workflows)
 
 
 def _rank(p: Plan) -> tuple:
@@ -433,13 +486,17 @@ class Choice:
 
 
 def choose(files: list[ModelFile], vram: int, width: int = 1024, height: int = 1024, batch: int = 1,
-           host: HostProfile = HostProfile(), prompt_tokens: int = DEFAULT_PROMPT_TOKENS) -> Choice:
-    """Plan every TE × DiT × VAE combination of the files and pick the best (see `_rank`)."""
+           host: HostProfile = HostProfile(), prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
+           control_patch: ModelFile | None = None, patch_dtype: str = "default", cfg: float = 1.0,
+           model: str = "turbo") -> Choice:
+    """Plan every TE × DiT × VAE combination of the files and pick the best (see `_rank`); with a
+    `control_patch`, every plan samples with it (and names the ControlNet tier workflow)."""
     by_role = {r: [f for f in files if f.role == r] for r in ("te", "dit", "vae")}
     missing = [r for r, fs in by_role.items() if not fs]
     if missing:
         return Choice(None, [], missing)
-    plans = [plan(te, dit, vae, vram, width, height, batch, host, prompt_tokens=prompt_tokens)
+    plans = [plan(te, dit, vae, vram, width, height, batch, host, prompt_tokens=prompt_tokens,
+                  control_patch=control_patch, patch_dtype=patch_dtype, cfg=cfg, model=model)
              for dit in by_role["dit"] for te in by_role["te"] for vae in by_role["vae"]]
     plans.sort(key=_rank, reverse=True)
     return Choice(plans[0], plans, [])

@@ -23,9 +23,9 @@ ST_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 
 FLOAT_TYPES = {"F64", "F32", "F16", "BF16"}
 FP8_TYPES = {"F8_E4M3", "F8_E5M2"}
 # Quality order of weight formats (higher is closer to the bf16 original), for choosing among files.
-QUALITY = {"F32": 100, "BF16": 100, "F16": 99, "Q8_0": 90, "F8_E4M3": 88, "F8_E5M2": 85, "Q6_K": 80, "Q5_K": 70,
-           "Q5_1": 69, "Q5_0": 68, "Q4_K": 60, "IQ4_XS": 58, "IQ4_NL": 57, "Q4_1": 56, "Q4_0": 55, "Q3_K": 45,
-           "IQ3_S": 44, "IQ3_XXS": 42, "Q2_K": 30, "IQ2_S": 28, "IQ2_XS": 26, "IQ2_XXS": 25, "IQ1_M": 15,
+QUALITY = {"F32": 100, "BF16": 100, "F16": 99, "Q8_0": 90, "I8": 89, "F8_E4M3": 88, "F8_E5M2": 85, "Q6_K": 80,
+           "Q5_K": 70, "Q5_1": 69, "Q5_0": 68, "Q4_K": 60, "IQ4_XS": 58, "IQ4_NL": 57, "Q4_1": 56, "Q4_0": 55,
+           "Q3_K": 45, "IQ3_S": 44, "IQ3_XXS": 42, "Q2_K": 30, "IQ2_S": 28, "IQ2_XS": 26, "IQ2_XXS": 25, "IQ1_M": 15,
            "IQ1_S": 10, "TQ2_0": 10, "TQ1_0": 8, "MXFP4": 55, "NVFP4": 58}
 
 
@@ -45,7 +45,7 @@ class Tensor:
 class ModelFile:
     """A model file as the planner sees it."""
     name: str
-    role: str  # "te" | "dit" | "vae"
+    role: str  # "te" | "dit" | "vae" | "control_patch"
     fmt: str  # "safetensors" | "gguf"
     tensors: tuple[Tensor, ...] = field(repr=False)
     path: str | None = None
@@ -102,7 +102,8 @@ def _role(shapes: dict[str, tuple[int, ...]], arch: str | None) -> str | None:
     kind = classify(inner)
     if kind is None:
         return None
-    return {"zimage_dit": "dit", "zimage_dit_diffusers": "dit", "qwen3_te": "te", "flux_vae": "vae"}.get(kind.name)
+    return {"zimage_dit": "dit", "zimage_dit_diffusers": "dit", "qwen3_te": "te", "flux_vae": "vae",
+            "zimage_controlnet": "control_patch"}.get(kind.name)
 
 
 def inspect_file(path: str | os.PathLike) -> ModelFile | None:
@@ -130,7 +131,8 @@ def inspect_file(path: str | os.PathLike) -> ModelFile | None:
 
 
 # ComfyUI models/ sub-folders where each role's files live.
-ROLE_FOLDERS = {"dit": ("diffusion_models", "unet"), "te": ("text_encoders", "clip"), "vae": ("vae",)}
+ROLE_FOLDERS = {"dit": ("diffusion_models", "unet"), "te": ("text_encoders", "clip"), "vae": ("vae",),
+                "control_patch": ("model_patches",)}
 EXTENSIONS = (".safetensors", ".sft", ".gguf")
 
 
@@ -176,11 +178,14 @@ def synthetic_dit(weight: str = "BF16", spec: DiTSpec = ZIMAGE_TURBO, name: str 
     """A Z-Image DiT file record: BF16/F16/F32/F8_E4M3/F8_E5M2 safetensors, or a GGUF of a GGML type.
 
     GGUF layout as published (city96 style): 2-D `layers.*` weights in the type, 1-D tensors F32,
-    embedders/refiners/final layer BF16. fp8 safetensors: 2-D weights fp8, the rest BF16.
+    embedders/refiners/final layer BF16. fp8 safetensors: 2-D weights fp8, the rest BF16. I8 (Comfy-Org's INT8
+    ConvRot file): 2-D weights int8, the rest F32 (its tensors are I8, F32 and the U8 `.comfy_quant` entries).
     """
     gguf = weight not in ST_BYTES
 
     def pick(key, shape):
+        if weight == "I8":
+            return "I8" if len(shape) >= 2 and math.prod(shape) > 1024 and not key.endswith("pad_token") else "F32"
         if gguf:
             if len(shape) == 1 or math.prod(shape) <= 1024:
                 return "F32"
@@ -194,6 +199,24 @@ def synthetic_dit(weight: str = "BF16", spec: DiTSpec = ZIMAGE_TURBO, name: str 
     return ModelFile(name, "dit", "gguf" if gguf else "safetensors", _typed(dit_state_dict_shapes(spec), pick))
 
 
+def synthetic_control_patch(weight: str = "BF16", version: str = "2.1", spec: DiTSpec = ZIMAGE_TURBO,
+                            name: str | None = None) -> ModelFile:
+    """A Fun ControlNet patch record (`fixtures/tiny_controlnet.py` layouts at the DiT's width): BF16 as
+    published, or a GGUF of the pack's quantize command (1-D and small tensors F32, the embedder BF16)."""
+    from ..fixtures.tiny_controlnet import CONTROL_VERSIONS, controlnet_shapes_comfy
+    gguf = weight not in ST_BYTES
+
+    def pick(key, shape):
+        if gguf and (len(shape) == 1 or math.prod(shape) <= 4096):
+            return "F32"
+        if gguf and key.startswith("control_all_x_embedder."):
+            return "BF16"
+        return weight if len(shape) >= 2 or gguf else "BF16"
+    shapes = controlnet_shapes_comfy(CONTROL_VERSIONS[version], spec)
+    name = name or f"Z-Image-Turbo-Fun-Controlnet-Union-{version}" + (f"-{weight}.gguf" if gguf else ".safetensors")
+    return ModelFile(name, "control_patch", "gguf" if gguf else "safetensors", _typed(shapes, pick))
+
+
 def synthetic_te(weight: str = "BF16", spec: Qwen3Spec = QWEN3_4B, name: str | None = None) -> ModelFile:
     """A Qwen3-4B file record: safetensors (HF names) or a llama.cpp GGUF (2-D weights in the type, 1-D F32)."""
     gguf = weight not in ST_BYTES
@@ -204,6 +227,8 @@ def synthetic_te(weight: str = "BF16", spec: Qwen3Spec = QWEN3_4B, name: str | N
     def pick(key, shape):
         if gguf:
             return "F32" if len(shape) == 1 else weight
+        if weight in FP8_TYPES:  # mixed fp8: the layers' matrices fp8, the embedding and norms bf16
+            return weight if len(shape) >= 2 and "embed_tokens" not in key else "BF16"
         return weight
     name = name or (f"Qwen3-4B-{weight}.gguf" if gguf else f"qwen_3_4b_{weight.lower()}.safetensors")
     return ModelFile(name, "te", "gguf" if gguf else "safetensors", _typed(shapes, pick))

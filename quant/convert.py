@@ -1,10 +1,13 @@
-"""The quantize command: a Z-Image DiT safetensors file → GGUF (Q8_0, Q6_K, Q5_K, Q4_K, Q4_0, …) or scaled fp8.
+"""The quantize command: a Z-Image DiT (or Fun ControlNet patch) safetensors file → GGUF (Q8_0, Q6_K, Q5_K, Q4_K,
+Q4_0, …) or scaled fp8.
 
     python -m zimage_turbo quantize z_image_turbo_bf16.safetensors z_image_turbo-Q4_K.gguf --type Q4_K
     python -m zimage_turbo quantize z_image_turbo_bf16.safetensors z_image_turbo_fp8_scaled.safetensors --type scaled_fp8
 
-Input: ComfyUI or diffusers layout (diffusers is renamed to ComfyUI's). The output never replaces an
-existing file, is written under a temporary name and renamed when complete.
+Input: ComfyUI or diffusers layout (diffusers is renamed to ComfyUI's), or a Z-Image Fun ControlNet patch
+(models/model_patches; its q/k/v are fused as ComfyUI's `ZImage_Control` holds them, GGUF architecture
+`zimage_control`). The output never replaces an existing file, is written under a temporary name and renamed
+when complete.
 
 Precision policy (which tensors keep more precision than the target type):
 1. F32: 1-D tensors (norms, biases), the pad tokens, and any tensor of at most 4096 elements.
@@ -35,13 +38,14 @@ from .tensor import QuantizedTensor
 from .types import get_quant_type
 
 KEEP_F32_MAX_ELEMENTS = 4096
-HIGH_PRECISION_PREFIXES = ("t_embedder.", "x_embedder.", "cap_embedder.", "final_layer.")
-REFINER_PREFIXES = ("noise_refiner.", "context_refiner.")
+HIGH_PRECISION_PREFIXES = ("t_embedder.", "x_embedder.", "cap_embedder.", "final_layer.", "control_all_x_embedder.")
+REFINER_PREFIXES = ("noise_refiner.", "context_refiner.", "control_noise_refiner.")
 PAD_TOKENS = ("x_pad_token", "cap_pad_token")
 FALLBACK_TYPES = ("Q8_0", "F16")
 FP8_MAX = 448.0
 SCALED_FP8 = "scaled_fp8"
 GGUF_ARCHITECTURE = "lumina2"  # what city96's ComfyUI-GGUF writes for Z-Image / Lumina 2 DiTs
+CONTROLNET_GGUF_ARCHITECTURE = "zimage_control"  # this pack's name for a Fun ControlNet patch GGUF
 
 
 def tensor_type(key: str, shape: tuple[int, ...], target: str, keep_refiners: bool = False) -> str:
@@ -59,11 +63,20 @@ def tensor_type(key: str, shape: tuple[int, ...], target: str, keep_refiners: bo
     return "F32"
 
 
+def is_controlnet_state_dict(sd: dict) -> bool:
+    from ..loaders.controlnet_layout import is_controlnet
+    return is_controlnet(sd)
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors DiT in ComfyUI layout (a diffusers-layout file is renamed)."""
+    """Tensors of a safetensors DiT in ComfyUI layout (a diffusers-layout file is renamed); a Fun ControlNet
+    patch comes in ComfyUI's `ZImage_Control` layout."""
+    from ..loaders.controlnet_layout import controlnet_to_comfy
     from ..loaders.dit_layouts import diffusers_to_comfy, is_diffusers_layout
     with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
         sd = {k: f.get_tensor(k) for k in f.keys()}
+    if is_controlnet_state_dict(sd):
+        return controlnet_to_comfy(sd)
     prefix = "model.diffusion_model."
     if sum(k.startswith(prefix) for k in sd) > len(sd) // 2:
         sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
@@ -115,7 +128,10 @@ def convert_to_gguf(src: str | os.PathLike, out: str | os.PathLike, target: str,
         qtype = tensors[key].quant_type.name
         err = relative_rms_error(value, tensors[key].dequantize(torch.float32)) if stats else None
         report[key] = (qtype, err)
-    write_gguf(out, tensors, dit_gguf_metadata(Path(src).stem, target))
+    metadata = dit_gguf_metadata(Path(src).stem, target)
+    if is_controlnet_state_dict(sd):
+        metadata["general.architecture"] = CONTROLNET_GGUF_ARCHITECTURE
+    write_gguf(out, tensors, metadata)
     return report
 
 
@@ -181,8 +197,8 @@ def run(args: argparse.Namespace) -> None:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("quantize", help="quantize a Z-Image DiT to GGUF or scaled fp8")
-    p.add_argument("input", help="Z-Image DiT .safetensors (ComfyUI or diffusers layout)")
+    p = sub.add_parser("quantize", help="quantize a Z-Image DiT or Fun ControlNet patch to GGUF or scaled fp8")
+    p.add_argument("input", help="Z-Image DiT .safetensors (ComfyUI or diffusers layout) or Fun ControlNet patch")
     p.add_argument("output", help="output .gguf (or .safetensors for scaled_fp8); never overwritten")
     p.add_argument("--type", default="Q8_0", help="Q8_0, Q6_K, Q5_K, Q4_K, Q5_0, Q5_1, Q4_0, Q4_1, F16, BF16 or scaled_fp8")
     p.add_argument("--keep-refiners", action="store_true", help="keep the refiner blocks in BF16")

@@ -60,17 +60,41 @@ def cast_bias(layer: torch.nn.Module, dtype: torch.dtype, device: torch.device) 
 
 
 class LoRASide:
-    """One low-rank patch applied beside the layer: out += scale · up(down(x))."""
+    """One low-rank patch applied beside the layer: out += scale · up(down(x)).
 
-    __slots__ = ("down", "up", "scale")
+    `rows` = (start, length) limits it to a row slice of the weight (output features), e.g. a to_q LoRA on
+    the fused qkv: only out[..., start:start + length] changes. `cache`: keep the factors cast to the compute
+    device between calls (for sides that live only while the model is loaded, as QuantModelPatcher's do).
+    """
 
-    def __init__(self, down: torch.Tensor, up: torch.Tensor, scale: float) -> None:
-        self.down, self.up, self.scale = down, up, scale
+    __slots__ = ("down", "up", "scale", "rows", "cache", "_cast")
+
+    def __init__(self, down: torch.Tensor, up: torch.Tensor, scale: float,
+                 rows: tuple[int, int] | None = None, cache: bool = True) -> None:
+        self.down, self.up, self.scale, self.rows, self.cache = down, up, scale, rows, cache
+        self._cast: tuple = ()
+
+    def _factors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """down and up on x's device and dtype, the scale folded into up (cast once when cached)."""
+        if self._cast and self._cast[0] == (x.device, x.dtype):
+            return self._cast[1], self._cast[2]
+        down = self.down.to(device=x.device, dtype=x.dtype)
+        up = (self.up.to(device=x.device, dtype=torch.float32) * self.scale).to(x.dtype)
+        if self.cache:
+            self._cast = ((x.device, x.dtype), down, up)
+        return down, up
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        down = self.down.to(device=x.device, dtype=x.dtype)
-        up = self.up.to(device=x.device, dtype=x.dtype)
-        return F.linear(F.linear(x, down), up) * self.scale
+        down, up = self._factors(x)
+        return F.linear(F.linear(x, down), up)
+
+    def add_to(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """out + this patch's contribution (on its row slice only, when it has one)."""
+        if self.rows is None:
+            return out + self(x)
+        start, length = self.rows
+        out.narrow(-1, start, length).add_(self(x))  # `out` is the layer's own fresh output
+        return out
 
 
 class QuantLayer:
@@ -120,7 +144,7 @@ class QuantOps(comfy.ops.manual_cast):
             weight = cast_weight(self, input.dtype, input.device)
             out = F.linear(input, weight, cast_bias(self, input.dtype, input.device))
             for side in self.lora_side:
-                out = out + side(input)
+                out = side.add_to(out, input)
             return out
 
     class Embedding(QuantLayer, comfy.ops.manual_cast.Embedding):

@@ -24,23 +24,41 @@ def _lora_weights(adapter):
     return None
 
 
+def lora_side_of(patch) -> LoRASide | None:
+    """The side computation of one patch entry (strength, adapter, strength_model, offset, function), or None
+    when it is not a plain 2-D LoRA on the whole weight or a row slice of it."""
+    strength, adapter, strength_model, offset, function = (tuple(patch) + (None,) * 5)[:5]
+    weights = _lora_weights(adapter)
+    plain = (weights is not None and strength_model == 1.0 and _row_slice(offset) is not False
+             and function is None and weights[3] is None and weights[4] is None and weights[5] is None
+             and weights[0].ndim == 2 and weights[1].ndim == 2)
+    if not plain:
+        return None
+    up, down, alpha = weights[0], weights[1], weights[2]
+    rank = down.shape[0]
+    scale = float(strength) * (float(alpha) / rank if alpha is not None else 1.0)
+    return LoRASide(down, up, scale, _row_slice(offset))
+
+
 def split_lora_patches(patches: list) -> tuple[list[LoRASide], list]:
     """Split a key's patch list into side-computable LoRAs and the rest."""
     sides, rest = [], []
     for patch in patches:
-        strength, adapter, strength_model, offset, function = (tuple(patch) + (None,) * 5)[:5]
-        weights = _lora_weights(adapter)
-        plain = (weights is not None and strength_model == 1.0 and offset is None and function is None
-                 and weights[3] is None and weights[4] is None and weights[5] is None
-                 and weights[0].ndim == 2 and weights[1].ndim == 2)
-        if not plain:
+        side = lora_side_of(patch)
+        if side is None:
             rest.append(patch)
-            continue
-        up, down, alpha = weights[0], weights[1], weights[2]
-        rank = down.shape[0]
-        scale = float(strength) * (float(alpha) / rank if alpha is not None else 1.0)
-        sides.append(LoRASide(down, up, scale))
+        else:
+            sides.append(side)
     return sides, rest
+
+
+def _row_slice(offset) -> tuple[int, int] | None | bool:
+    """(start, length) for a patch on a row slice (core's offset (0, start, length)); None: the whole
+    weight; False: a slice the side path cannot take (another dimension)."""
+    if offset is None:
+        return None
+    dim, start, length = offset
+    return (int(start), int(length)) if dim == 0 else False
 
 
 class DequantizedPatch:

@@ -5,6 +5,7 @@ import torch
 
 from .guards import check_context_width
 from .schedules import is_pack_schedule, pack_sigmas
+from .variety import add_seed_variety
 
 LATENT_CHANNELS = 16
 LATENT_SCALE = 8
@@ -65,13 +66,15 @@ def check_caption_width(model, conditioning: list, what: str = "positive") -> No
 
 def turbo_sample(model, positive: list, latent: dict, seed: int, steps: int = 8, cfg: float = 1.0,
                  shift: float = 3.0, sampler_name: str = "euler", scheduler: str = "simple", denoise: float = 1.0,
-                 negative: list | None = None) -> dict:
+                 negative: list | None = None, variety: float = 0.0, variety_until: float = 0.3) -> dict:
     """Sample a LATENT with ComfyUI's sampler objects (previews, progress bar and interrupts included).
 
     Image i of a batch uses seed + i. At cfg 1 ComfyUI evaluates only the positive conditioning, so the
     negative (the zeroed positive when none is given) is never run. `scheduler` is a ComfyUI scheduler or one
     of the pack's schedules (see schedules.py). denoise < 1 with an input latent is img2img (a noise_mask in
-    the latent restricts it to the mask, inpaint-style); denoise 0 returns the input unchanged.
+    the latent restricts it to the mask, inpaint-style); denoise 0 returns the input unchanged. `variety` > 0
+    perturbs the prompt per image in the first `variety_until` of the steps (see variety.py); 0 leaves the
+    sampling exactly as without it.
     """
     import comfy.sample
     import comfy.samplers
@@ -91,6 +94,7 @@ def turbo_sample(model, positive: list, latent: dict, seed: int, steps: int = 8,
         out["samples"] = latent_image.clone()
         return out
     noise = per_image_noise(latent_image, seeds)
+    patched = add_seed_variety(patched, variety, variety_until, seeds)
     noise_mask = latent.get("noise_mask")
     callback = latent_preview.prepare_callback(patched, steps)
     disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED

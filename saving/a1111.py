@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..sampling.presets import PRESETS
+
 SAMPLER_NODES = ("ZImageTurboSampler", "KSampler")
 TEXT_NODES = ("CLIPTextEncode",)
 # Loader inputs naming the model, walked upstream from a sampler's `model` input.
@@ -98,6 +100,15 @@ def find_sampler(prompt: dict) -> tuple[str, dict] | None:
     return None
 
 
+def with_preset(inputs: dict) -> dict:
+    """The sampler inputs with a ZImageTurboSampler `preset` (turbo/base) applied: what it sampled with."""
+    preset = PRESETS.get(inputs.get("preset")) if isinstance(inputs.get("preset"), str) else None
+    if preset is None:
+        return inputs
+    return {**inputs, "steps": preset.steps, "cfg": preset.cfg, "shift": preset.shift,
+            "sampler_name": preset.sampler_name, "scheduler": preset.scheduler}
+
+
 def parameters_from_prompt(prompt: dict, width: int, height: int, model_hash=None) -> list[GenerationParameters]:
     """Parameters per image of the batch (seed + i), or [] when the prompt has no sampler.
 
@@ -107,7 +118,7 @@ def parameters_from_prompt(prompt: dict, width: int, height: int, model_hash=Non
     if found is None:
         return []
     _, sampler = found
-    inputs = sampler["inputs"]
+    inputs = with_preset(sampler["inputs"])
     model = _model_name(prompt, inputs.get("model"))
     cfg = inputs.get("cfg", 1.0)
     base = {
@@ -124,6 +135,8 @@ def parameters_from_prompt(prompt: dict, width: int, height: int, model_hash=Non
         base["Denoising strength"] = inputs["denoise"]
     if "shift" in inputs:
         base["Shift"] = inputs["shift"]
+    if isinstance(inputs.get("variety"), (int, float)) and inputs["variety"] > 0:
+        base["Seed variety"] = f"{inputs['variety']:g} until {inputs.get('variety_until', 0.3):g}"
     positive = _text_of(prompt, inputs.get("positive"))
     negative = _text_of(prompt, inputs.get("negative")) if isinstance(cfg, (int, float)) and cfg != 1 else ""
     seed = inputs.get("seed", inputs.get("noise_seed", 0))

@@ -34,45 +34,18 @@ API_DIR = WORKFLOWS_DIR / "api"
 PACK_CNR_ID = "comfyui-zimage-turbo"
 CORE_CNR_ID = "comfy-core"
 PACK_NODE_TYPES = {"ZImageDiffusionModelLoader", "ZImageTextEncoderLoader", "ZImageVAELoader",
-                   "ZImageTurboSampler", "ZImageLatent", "ZImageSaveImage"}
+                   "ZImageTurboSampler", "ZImageLatent", "ZImageSaveImage", "ZImageControlNetLoader"}
+PACK_NODE_TYPES |= {"ZImageLoraLoader"}
 DEFAULT_PROMPT = ("A red fox sitting in a snowy birch forest at golden hour, soft light, detailed fur, "
                   "shallow depth of field, photograph")
-COMFY_ORG = "https://huggingface.co/Comfy-Org/z_image_turbo/resolve/main/split_files"
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    name: str
-    directory: str
-    url: str
-    size: str  # as published on the hosting page; "" when not stated there
-    source: str
-
-    def entry(self) -> dict:
-        return {"name": self.name, "url": self.url, "directory": self.directory}
-
-
-DIT_BF16 = ModelFile("z_image_turbo_bf16.safetensors", "diffusion_models",
-                     f"{COMFY_ORG}/diffusion_models/z_image_turbo_bf16.safetensors", "12.3 GB",
-                     "huggingface.co/Comfy-Org/z_image_turbo")
-DIT_Q4_K_M = ModelFile("z_image_turbo-Q4_K_M.gguf", "diffusion_models",
-                       "https://huggingface.co/jayn7/Z-Image-Turbo-GGUF/resolve/main/z_image_turbo-Q4_K_M.gguf", "",
-                       "huggingface.co/jayn7/Z-Image-Turbo-GGUF")
-TE_BF16 = ModelFile("qwen_3_4b.safetensors", "text_encoders", f"{COMFY_ORG}/text_encoders/qwen_3_4b.safetensors",
-                    "8.04 GB", "huggingface.co/Comfy-Org/z_image_turbo")
-VAE = ModelFile("ae.safetensors", "vae", f"{COMFY_ORG}/vae/ae.safetensors", "335 MB",
-                "huggingface.co/Comfy-Org/z_image_turbo")
-
-
-def qwen3_gguf(quant: str, size: str) -> ModelFile:
-    name = f"Qwen3-4B-{quant}.gguf"
-    return ModelFile(name, "text_encoders", f"https://huggingface.co/unsloth/Qwen3-4B-GGUF/resolve/main/{name}",
-                     size, "huggingface.co/unsloth/Qwen3-4B-GGUF")
-
-
-TE_Q4_K_M = qwen3_gguf("Q4_K_M", "2.50 GB")
-TE_Q6_K = qwen3_gguf("Q6_K", "3.31 GB")
-TE_Q8_0 = qwen3_gguf("Q8_0", "4.28 GB")
+# The model files come from the one catalog of published files (also read by the planner and `download`); the
+# names below stay importable from this script.
+from zimage_turbo.downloads.catalog import (COMFY_ORG, DIT_BF16, DIT_Q4_K_M, TE_BF16, TE_Q4_K_M,  # noqa: E402,F401
+                                            TE_Q5_K_M, TE_Q6_K, TE_Q8_0, VAE, qwen3_gguf)
+from zimage_turbo.downloads.catalog import PublishedFile as ModelFile  # noqa: E402
+from zimage_turbo.downloads.catalog import CN_UNION_2_1_8STEPS, CN_UNION_2_1_LITE  # noqa: E402
+from zimage_turbo.downloads.catalog import DIT_BASE_BF16, DIT_BASE_Q4_K_M  # noqa: E402
+from zimage_turbo.sampling.presets import PRESETS  # noqa: E402  (pure data)
 
 
 @dataclass(frozen=True)
@@ -89,6 +62,16 @@ class Variant:
     seed_control: str = "randomize"
     accent: str = "#3f789e"
     advice: tuple[str, ...] = field(default_factory=tuple)
+    controlnet: str = ""  # "canny" | "control_image" | "inpaint": a Fun ControlNet graph (CONTROLNET_INPUTS)
+    patch: ModelFile | None = None  # the ControlNet patch (models/model_patches)
+    patch_dtype: str = "default"
+    model: str = "turbo"  # "base": Z-Image Base (sampling preset, negative prompt, step cache; issue 19)
+    lora: ModelFile | None = None  # a ZImageLoraLoader between the loaders and the sampler/prompt (issue 17)
+
+    @property
+    def sampling(self):
+        """The sampler settings the workflow ships with (sampling/presets.py)."""
+        return PRESETS[self.model]
 
     @property
     def dit_text(self) -> str:
@@ -105,7 +88,7 @@ class Variant:
 
     @property
     def files(self) -> list[ModelFile]:
-        return [self.dit, self.te, VAE]
+        return [self.dit, self.te, VAE] + ([self.patch] if self.patch else []) + ([self.lora] if self.lora else [])
 
 
 VARIANTS = [
@@ -116,9 +99,9 @@ VARIANTS = [
     Variant("z_image_turbo_6gb", "6 GB", "Text to image for 6 GB cards", DIT_Q4_K_M, "default", TE_Q4_K_M,
             tiled_decode=True, accent="#8a5a2b",
             advice=("Both big models are 4-bit GGUF (the DiT stays quantized in memory) and the VAE decodes in "
-                    "512 px tiles, so the peak stays low. Add --lowvram to ComfyUI if you still run out of "
-                    "memory. A Q5_K_M text encoder (Qwen3-4B-Q5_K_M.gguf, 2.89 GB) also fits: pick it in the "
-                    "text encoder loader.",)),
+                    "512 px tiles, so the peak stays low. A Q5_K_M text encoder (Qwen3-4B-Q5_K_M.gguf, 2.89 GB) "
+                    "also fits: pick it in the text encoder loader.",
+                    "Still out of memory? Start ComfyUI with the flag --lowvram")),
     Variant("z_image_turbo_8gb", "8 GB", "Text to image for 8 GB cards", DIT_BF16, "fp8_e4m3fn", TE_Q6_K,
             accent="#6b8e23",
             advice=("The DiT is the official bf16 file loaded with weight_dtype fp8_e4m3fn: half the memory of "
@@ -138,6 +121,75 @@ VARIANTS = [
                     "0.8-0.9 repaints more). The output takes the input's size (sides are rounded to what the "
                     "VAE needs). Swap the loaders for another tier's files as you like.",)),
 ]
+# ------------------------------------------------------------------------------ Fun ControlNet variants (issue 18)
+CONTROLNET_ADVICE = {
+    "canny": "Load a photo or drawing in 'Control image': core's Canny node turns it into edges the picture follows.",
+    "control_image": "Load a ready control image in 'Control image' (a depth map, an OpenPose skeleton, HED/lineart "
+                     "or MLSD lines, e.g. from comfyui_controlnet_aux); it goes to the ControlNet as it is.",
+    "inpaint": "Load the picture in 'Image to inpaint' and paint the area to repaint (right-click > Open in "
+               "MaskEditor); the prompt describes the new content. 2.x patches only.",
+}
+CONTROLNET_TIERS = (  # (tier, DiT, its weight_dtype, text encoder, patch, the patch's weight_dtype, tiled decode)
+    ("6gb", DIT_Q4_K_M, "default", TE_Q4_K_M, CN_UNION_2_1_LITE, "fp8_e4m3fn", True),
+    ("12gb", DIT_BF16, "fp8_e4m3fn", TE_Q8_0, CN_UNION_2_1_8STEPS, "fp8_e4m3fn", False),
+)
+CONTROLNET_KINDS = (("canny", "Canny", "canny edges from an input image"),
+                    ("depth", "Depth", "a ready depth / pose / lineart control image"),
+                    ("inpaint", "Inpaint", "inpainting with a mask"))
+
+
+def controlnet_variants() -> list[Variant]:
+    out = []
+    for tier, dit, dit_dtype, te, patch, patch_dtype, tiled in CONTROLNET_TIERS:
+        gb = tier.removesuffix("gb")
+        for kind, word, what in CONTROLNET_KINDS:
+            mode = "control_image" if kind == "depth" else kind
+            patch_note = (f"The ControlNet is alibaba-pai's Fun ControlNet Union {patch.name.split('Union-')[1]} "
+                          f"loaded with weight_dtype {patch_dtype} (half its bf16 memory) by the pack's Z-Image "
+                          "ControlNet Loader; a GGUF made with `python -m zimage_turbo quantize <patch>.safetensors "
+                          "<patch>-Q8_0.gguf --type Q8_0` (or Q4_K) in models/model_patches loads there too and "
+                          "stays quantized.")
+            out.append(Variant(f"z_image_turbo_controlnet_{kind}_{tier}", f"{word} {gb} GB",
+                               f"ControlNet ({what}) for {gb} GB cards", dit, dit_dtype, te, tiled_decode=tiled,
+                               accent="#5a4a9e", controlnet=mode, patch=patch, patch_dtype=patch_dtype,
+                               advice=(CONTROLNET_ADVICE[mode], patch_note)))
+    return out
+
+
+VARIANTS += controlnet_variants()
+# ------------------------------------------------------------------------------ Z-Image Base variants (issue 19)
+BASE_ADVICE = ("Z-Image Base is the undistilled model: 28 steps at cfg 4 with a real negative prompt, so each "
+               "step runs the model twice (ComfyUI batches positive and negative in one call when memory "
+               "allows). The Step cache node (core EasyCache) ships at reuse_threshold 0, which is exactly "
+               "no caching; raise it (0.2 is core's default) to reuse the model output on steps whose input "
+               "barely changed, fewer model calls for a small change in the picture.")
+BASE_TIERS = (  # (tier, DiT, its weight_dtype, text encoder, tiled decode, advice)
+    ("6gb", DIT_BASE_Q4_K_M, "default", TE_Q4_K_M, True,
+     "For 6-8 GB cards: unsloth's 4-bit GGUF of Base (stays quantized in memory) and a 4-bit GGUF text "
+     "encoder; the VAE decodes in 512 px tiles."),
+    ("12gb", DIT_BASE_BF16, "fp8_e4m3fn", TE_Q8_0, False,
+     "The official Base bf16 file loaded with weight_dtype fp8_e4m3fn (half its memory) and an 8-bit GGUF "
+     "text encoder."),
+    ("24gb", DIT_BASE_BF16, "default", TE_BF16, False, "Everything in bf16, the quality reference."),
+)
+VARIANTS += [Variant(f"z_image_base_{tier}", f"Base {tier.removesuffix('gb')} GB",
+                     f"Z-Image Base text to image for {tier.removesuffix('gb')} GB cards", dit, dtype, te,
+                     tiled_decode=tiled, accent="#3f5a9e", model="base", advice=(BASE_ADVICE, advice))
+             for tier, dit, dtype, te, tiled, advice in BASE_TIERS]
+# ------------------------------------------------------------------------------ LoRA variant (issue 17)
+# The LoRA slot ships with DiffSynth-Studio's Z-Image-Turbo DistillPatch, a real published Turbo LoRA (bare
+# DiffSynth keys) that the missing-model dialog can download; users pick their own LoRA in its place.
+from zimage_turbo.downloads.catalog import LORA_DISTILL_PATCH  # noqa: E402
+LORA_ADVICE = ("Pick your LoRA in 'LoRA' (models/loras): ComfyUI, ai-toolkit, diffusers/PEFT, DiffSynth, kohya / "
+               "musubi-tuner and LyCORIS files load as they are. 'LoRA report' shows the format found, how many "
+               "weights it patched and every key it could not map. The slot ships with DiffSynth's "
+               "Z-Image-Turbo DistillPatch (model.safetensors), which keeps 8-step quality for LoRAs trained "
+               "on Turbo without an adapter; chain a second Z-Image LoRA Loader for your own LoRA.")
+VARIANTS.append(Variant("z_image_turbo_8gb_lora", "LoRA 8 GB", "Text to image with a LoRA for 8 GB cards", DIT_BF16,
+                        "fp8_e4m3fn", TE_Q6_K, accent="#9e7a3f", lora=LORA_DISTILL_PATCH,
+                        advice=(LORA_ADVICE, "The DiT is the official bf16 file run as fp8: the LoRA runs beside "
+                                "the fp8 layers (never baked into them); on GGUF DiTs beside the quantized "
+                                "blocks.")))
 TIERS = [v for v in VARIANTS if v.label.endswith("GB")]
 
 
@@ -158,7 +210,7 @@ class Node:
 
 def graph_spec(v: Variant) -> tuple[list[Node], list[tuple], list[tuple]]:
     """(nodes, links [(id, from, slot, to, slot, type)], groups [(title, [x, y, w, h], color)])."""
-    dit_title = "DiT: Z-Image-Turbo " + v.dit_text.removeprefix("DiT ").replace(" file run as ", " as ")
+    dit_title = ("DiT: Z-Image Base " if v.model == "base" else "DiT: Z-Image-Turbo ") + v.dit_text.removeprefix("DiT ").replace(" file run as ", " as ")
     nodes = [
         Node(1, "ZImageDiffusionModelLoader", dit_title, [40, 90], [360, 82], [v.dit.name, v.dit_dtype], [],
              [("MODEL", "MODEL")], [v.dit]),
@@ -175,11 +227,16 @@ def graph_spec(v: Variant) -> tuple[list[Node], list[tuple], list[tuple]]:
     sampler_inputs = [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                       ("latent_image", "LATENT")]
     denoise = 0.6 if v.img2img else 1.0
-    sampler = Node(5, "ZImageTurboSampler", "Z-Image Turbo Sampler (8 steps)", [920, 90], [340, 430],
-                   [1024, 1024, 1, 42, v.seed_control, 8, 1.0, 3.0, "euler", "simple", denoise], sampler_inputs,
+    st = v.sampling
+    sampler_title = (f"Z-Image Sampler (Base: {st.steps} steps, cfg {st.cfg:g})" if v.model == "base"
+                     else "Z-Image Turbo Sampler (8 steps)")
+    # widgets: ..., denoise, then the optional preset (custom = these widgets), variety (0 = off), variety_until
+    sampler = Node(5, "ZImageTurboSampler", sampler_title, [920, 90], [340, 430],
+                   [1024, 1024, 1, 42, v.seed_control, st.steps, st.cfg, st.shift, st.sampler_name, st.scheduler,
+                    denoise, "custom", 0.0, 0.3], sampler_inputs,
                    [("LATENT", "LATENT"), ("seeds", "STRING")])
     if v.tiled_decode:
-        decode = Node(6, "VAEDecodeTiled", "Decode (tiled: 512 px tiles, 64 px overlap)", [1300, 90], [320, 150],
+        decode = Node(6, "VAEDecodeTiled", "Decode in 512 px tiles", [1300, 90], [320, 150],
                       [512, 64, 64, 8], [("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")])
     else:
         decode = Node(6, "VAEDecode", "Decode", [1300, 90], [320, 46], [], [("samples", "LATENT"), ("vae", "VAE")],
@@ -197,15 +254,123 @@ def graph_spec(v: Variant) -> tuple[list[Node], list[tuple], list[tuple]]:
     groups += [("Sample", [900, 20, 380, 520], "#8a6a2b"), ("Decode and save", [1280, 20, 460, 740], "#6b3f9e")]
     if v.img2img:
         nodes += [
-            Node(8, "LoadImage", "Input image", [440, 440], [300, 330], ["example.png", "image"], [],
+            Node(8, "LoadImage", "Input image", [440, 440], [250, 330], ["example.png", "image"], [],
                  [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
-            Node(9, "VAEEncode", "Encode input image", [760, 440], [140, 46], [],
+            Node(9, "VAEEncode", "Encode input image", [705, 440], [180, 46], [],  # fits the frontend's 171 px
                  [("pixels", "IMAGE"), ("vae", "VAE")], [("LATENT", "LATENT")]),
         ]
         links += [(next_link, 8, 0, 9, 0, "IMAGE"), (next_link + 1, 3, 0, 9, 1, "VAE"),
                   (next_link + 2, 9, 0, 5, 3, "LATENT")]
         groups.append(("Input image (img2img)", [420, 370, 480, 420], "#9e3f5a"))
+    if v.controlnet:
+        add_controlnet(v, nodes, links, groups)
+    if v.model == "base":
+        add_base_nodes(nodes, links, groups)
+    if v.lora:
+        add_lora(v, nodes, links, groups)
     return nodes, links, groups
+
+
+def add_lora(v: Variant, nodes: list[Node], links: list[tuple], groups: list[tuple]) -> None:
+    """Insert ZImageLoraLoader between the loaders and the sampler / prompt, its report into a Preview as Text."""
+    lora_id, report_id = 40, 41
+    sampler = next(n for n in nodes if n.type == "ZImageTurboSampler")
+    prompt = next(n for n in nodes if n.type == "CLIPTextEncode")
+    next_link = max(l[0] for l in links) + 1
+    for i, l in enumerate(links):  # DiT -> sampler becomes DiT -> LoRA, text encoder -> prompt becomes TE -> LoRA
+        if (l[3], l[4]) == (sampler.id, 0):
+            links[i] = (l[0], l[1], l[2], lora_id, 0, "MODEL")
+        elif (l[3], l[4]) == (prompt.id, 0):
+            links[i] = (l[0], l[1], l[2], lora_id, 1, "CLIP")
+    links += [(next_link, lora_id, 0, sampler.id, 0, "MODEL"), (next_link + 1, lora_id, 1, prompt.id, 0, "CLIP"),
+              (next_link + 2, lora_id, 2, report_id, 0, "STRING")]
+    y = 830
+    nodes += [
+        Node(lora_id, "ZImageLoraLoader", "LoRA", [40, y + 60], [360, 130], [v.lora.name, 1.0, 1.0],
+             [("model", "MODEL"), ("clip", "CLIP")], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("report", "STRING")],
+             [v.lora]),
+        Node(report_id, "PreviewAny", "LoRA report (what matched)", [440, y + 60], [440, 240], [],
+             [("source", "*")], []),
+    ]
+    groups.append(("LoRA", [20, y, 880, 320], "#9e7a3f"))
+
+
+# Apply node (core's ZImageFunControlnet) input slots: model, model_patch, vae, then the optional images.
+APPLY_INPUTS = [("model", "MODEL"), ("model_patch", "MODEL_PATCH"), ("vae", "VAE"), ("image", "IMAGE"),
+                ("inpaint_image", "IMAGE"), ("mask", "MASK")]
+# mode -> (LoadImage title, [(LoadImage output slot, apply input slot)], with core's Canny in between, strength)
+CONTROLNET_INPUTS = {
+    "canny": ("Control image (edges are taken from it)", [(0, 3)], True, 0.75),
+    "control_image": ("Control image (depth / pose / lineart)", [(0, 3)], False, 0.75),
+    "inpaint": ("Image to inpaint (paint the mask on it)", [(0, 4), (1, 5)], False, 1.0),
+}
+
+
+def add_controlnet(v: Variant, nodes: list[Node], links: list[tuple], groups: list[tuple]) -> None:
+    """Insert the Fun ControlNet between the DiT loader and the sampler: patch loader, image, (Canny,) apply."""
+    title, wires, canny, strength = CONTROLNET_INPUTS[v.controlnet]
+    loader_id, image_id, canny_id, apply_id = 20, 21, 22, 23
+    sampler = next(n for n in nodes if n.type == "ZImageTurboSampler")
+    dit = next(n for n in nodes if n.type == "ZImageDiffusionModelLoader")
+    vae = next(n for n in nodes if n.type == "ZImageVAELoader")
+    next_link = max(l[0] for l in links) + 1
+    to_sampler = next(i for i, l in enumerate(links) if l[3] == sampler.id and l[4] == 0)
+    links[to_sampler] = (links[to_sampler][0], dit.id, 0, apply_id, 0, "MODEL")
+    new = [(apply_id, 0, sampler.id, 0, "MODEL"), (loader_id, 0, apply_id, 1, "MODEL_PATCH"),
+           (vae.id, 0, apply_id, 2, "VAE")]
+    if canny:
+        new += [(image_id, 0, canny_id, 0, "IMAGE"), (canny_id, 0, apply_id, 3, "IMAGE")]
+    else:
+        new += [(image_id, out, apply_id, slot, "MASK" if out == 1 else "IMAGE") for out, slot in wires]
+    links += [(next_link + i, *l) for i, l in enumerate(new)]
+    y = 830
+    nodes += [
+        Node(loader_id, "ZImageControlNetLoader", f"ControlNet: Fun Union {v.patch.name.split('Union-')[1].removesuffix('.safetensors')}",
+             [40, y + 60], [360, 82], [v.patch.name, v.patch_dtype], [], [("MODEL_PATCH", "MODEL_PATCH")], [v.patch]),
+        Node(image_id, "LoadImage", title, [440, y + 60], [300, 330], ["example.png", "image"], [],
+             [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+        Node(apply_id, "ZImageFunControlnet", "Apply Z-Image Fun ControlNet", [780, y + 230], [320, 170], [strength],
+             APPLY_INPUTS, [("MODEL", "MODEL")]),
+    ]
+    if canny:
+        nodes.append(Node(canny_id, "Canny", "Canny edges", [780, y + 60], [320, 106], [0.4, 0.8],
+                          [("image", "IMAGE")], [("IMAGE", "IMAGE")]))
+    groups.append(("ControlNet", [20, y, 1260, 420], "#5a4a9e"))
+
+
+NEGATIVE_PROMPT = "blurry, low quality, distorted, extra limbs, watermark, text"
+# core EasyCache widgets: reuse_threshold (0 = never reuse: the uncached picture), start_percent, end_percent, verbose
+STEP_CACHE_WIDGETS = [0.0, 0.15, 0.95, False]
+
+
+def add_base_nodes(nodes: list[Node], links: list[tuple], groups: list[tuple]) -> None:
+    """Base graphs: a negative prompt into the sampler, and core's EasyCache between the DiT loader and the
+    sampler (at threshold 0 until the user raises it)."""
+    negative_id, cache_id = 30, 31
+    sampler = next(n for n in nodes if n.type == "ZImageTurboSampler")
+    clip = next(n for n in nodes if n.type == "ZImageTextEncoderLoader")
+    next_link = max(l[0] for l in links) + 1
+    to_sampler = next(i for i, l in enumerate(links) if l[3] == sampler.id and l[4] == 0)
+    source = links[to_sampler]
+    links[to_sampler] = (source[0], source[1], source[2], cache_id, 0, "MODEL")
+    links += [(next_link, cache_id, 0, sampler.id, 0, "MODEL"), (next_link + 1, clip.id, 0, negative_id, 0, "CLIP"),
+              (next_link + 2, negative_id, 0, sampler.id, 2, "CONDITIONING")]
+    nodes += [
+        Node(negative_id, "CLIPTextEncode", "Negative prompt (used: cfg 4)", [440, 890], [440, 130],
+             [NEGATIVE_PROMPT], [("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
+        Node(cache_id, "EasyCache", "Step cache (EasyCache, 0 = off)", [940, 890],
+             [340, 170], list(STEP_CACHE_WIDGETS), [("model", "MODEL")], [("MODEL", "MODEL")]),
+    ]
+    groups.append(("Base: negative prompt and step cache", [420, 830, 920, 300], "#3f5a9e"))
+
+
+def download_name(v: Variant) -> str:
+    """What `python -m zimage_turbo download` takes for this workflow (`6gb` for z_image_turbo_6gb)."""
+    return v.name.removeprefix("z_image_turbo_")
+
+
+def _steps_cfg(v: Variant) -> str:
+    return f"{v.sampling.steps} steps, cfg {v.sampling.cfg:g}" + (" with the negative prompt" if v.model == "base" else "")
 
 
 def note_text(v: Variant) -> str:
@@ -214,8 +379,13 @@ def note_text(v: Variant) -> str:
     for f in v.files:
         size = f" ({f.size})" if f.size else ""
         lines.append(f"- models/{f.directory}/{f.name}{size}\n  from {f.url}")
+    if any(f.name.endswith(".gguf") for f in v.files):  # the dialog offers no Download button for .gguf
+        lines += ["GGUF files get no Download button there; one command fetches, resumes and checks them all:",
+                  f"  python -m zimage_turbo download {download_name(v)} --models-dir <ComfyUI>/models",
+                  "  (see the pack's README, Install)"]
+    size = ("the input image's size, denoise 0.6" if v.img2img else "1024x1024")
     lines += ["", *v.advice, "",
-              "Defaults: 1024x1024, 8 steps, cfg 1, euler / simple, shift 3. Press Queue (Run)."]
+              f"Defaults: {size}, {_steps_cfg(v)}, euler / simple, shift 3. Press Queue (Run)."]
     if not v.img2img:
         lines.append("Other cards: workflows z_image_turbo_6gb / 8gb / 12gb / 24gb in this pack's templates.")
     return "\n".join(lines)
@@ -280,7 +450,7 @@ def _font(size: int):
 
 
 def _settings_line(v: Variant) -> str:
-    parts = ["1024x1024", "8 steps", "cfg 1", "euler / simple", "shift 3", "seed control " + v.seed_control]
+    parts = ["1024x1024", *_steps_cfg(v).split(", "), "euler / simple", "shift 3", "seed control " + v.seed_control]
     if v.img2img:
         parts[0] = "input image size"
         parts.append("denoise 0.6")
@@ -346,7 +516,7 @@ def render_thumbnail(v: Variant):
     for text in (v.dit_text, v.te_text, "Flux VAE" + (", tiled decode" if v.tiled_decode else "")):
         d.text((32, y), text, font=_font(30), fill=TEXT)
         y += 46
-    d.text((32, THUMB_SIZE - 84), "image to image · 8 steps" if v.img2img else "text to image · 1024x1024 · 8 steps", font=_font(24),
+    d.text((32, THUMB_SIZE - 84), "image to image · 8 steps" if v.img2img else f"text to image · 1024x1024 · {v.sampling.steps} steps", font=_font(24),
            fill=MUTED)
     d.text((32, THUMB_SIZE - 46), "workflow card, not a sample image", font=_font(22), fill=WARN)
     return img
@@ -410,6 +580,38 @@ def _same_jpg(path: Path, expected: bytes) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------- driver
+# Core nodes from comfy_extras the ControlNet workflows use (a server loads them at start; in-process they are
+# imported here). A host without the Z-Image ControlNet (0.3.75) gets its declaration as newer ComfyUI has it
+# (comfy_extras/nodes_model_patch.py), so the API twins are the same whichever host builds them.
+EXTRA_CORE_NODES = (("comfy_extras.nodes_canny", "Canny"), ("comfy_extras.nodes_model_patch", "ZImageFunControlnet"))
+EXTRA_CORE_NODES += (("comfy_extras.nodes_preview_any", "PreviewAny"),)  # the LoRA report (issue 17)
+DECLARED_INPUTS = {"ZImageFunControlnet": {
+    "required": {"model": ("MODEL",), "model_patch": ("MODEL_PATCH",), "vae": ("VAE",),
+                 "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01})},
+    "optional": {"image": ("IMAGE",), "inpaint_image": ("IMAGE",), "mask": ("MASK",)}}}
+
+
+def core_extra_node_classes() -> dict:
+    import importlib
+    out = {}
+    for module, name in EXTRA_CORE_NODES:
+        try:
+            out[name] = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            declared = DECLARED_INPUTS[name]
+            out[name] = type(name, (), {"INPUT_TYPES": classmethod(lambda cls, d=declared: d)})
+    return out
+
+
+# Core nodes whose class name is not their node type (V3 io.ComfyNode): node type -> (module, class)
+CORE_V3_NODES = {"EasyCache": ("comfy_extras.nodes_easycache", "EasyCacheNode")}
+
+
+def core_v3_node_classes() -> dict:
+    import importlib
+    return {node_type: getattr(importlib.import_module(module), cls) for node_type, (module, cls) in CORE_V3_NODES.items()}
+
+
 def object_info_in_process() -> dict:
     """Node definitions ({type: {"input": ...}}) of core nodes and this pack, read from the classes."""
     import comfy.cli_args
@@ -418,7 +620,8 @@ def object_info_in_process() -> dict:
     import utils.extra_config  # noqa: F401
     import nodes
     from zimage_turbo import NODE_CLASS_MAPPINGS
-    classes = {**nodes.NODE_CLASS_MAPPINGS, **NODE_CLASS_MAPPINGS}
+    classes = {**nodes.NODE_CLASS_MAPPINGS, **core_extra_node_classes(), **core_v3_node_classes(),
+               **NODE_CLASS_MAPPINGS}
     return {name: {"input": cls.INPUT_TYPES()} for name, cls in classes.items()}
 
 

@@ -46,14 +46,22 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         print("no workflow files found", file=sys.stderr)
         return 1
-    total = 0
+    total, skipped = 0, 0
     for path in files:
+        try:
+            lacks = validate.host_lacks(json.loads(Path(path).read_text()), object_info)
+        except (OSError, ValueError, AttributeError):
+            lacks = {}
+        if lacks:
+            skipped += 1
+            print(f"skip {path}: this ComfyUI has no {', '.join(f'{t} ({why})' for t, why in lacks.items())}")
+            continue
         problems = validate.validate_workflow_file(path, object_info)
         total += len(problems)
         print(f"{'FAIL' if problems else 'ok  '} {path}")
         for problem in problems:
             print(f"     - {problem}")
-    print(f"{len(files)} workflows, {total} problems")
+    print(f"{len(files)} workflows, {total} problems" + (f" ({skipped} skipped: need a newer ComfyUI)" if skipped else ""))
     return 1 if total else 0
 
 

@@ -23,7 +23,7 @@ EXPECTED = {
     "gpu_session.sh": (["bash", str(REPO / "bench" / "gpu_session.sh"), "--quick", "dit", "dit6", "lowvram"],
                        ["| fp8_fast |", "| scaled_fp8 |", "| Q8_0 |", "| Q8_0-notriton |", "| Q8_0-noprefetch |",
                         "| Q4_K |",
-                        "Q8_0, where the time goes", "planner estimate", "whole graph: measured peak", "=== done",
+                        "Q8_0, where the time goes", "planner estimate", "whole graph: measured peak", "ControlNet: ", "=== done",
                         # bench/targets.py read the tables the scripts printed (no core_* rows on the tiny model)
                         "fast path Triton dequantization (full VRAM):", "fast path side-stream prefetch (6 GiB):",
                         "target full VRAM: Q8_0 ≤ 1.10× core bf16: not measured"]),
@@ -31,6 +31,12 @@ EXPECTED = {
                         ["| safetensors bf16 |", "| GGUF Q6_K |", "GGUF / safetensors:"]),
     "dequant.py": ([PY, str(REPO / "bench" / "dequant.py"), "--quick", "--types", "Q8_0,Q4_K,Q6_K"],
                    ["Q8_0 ", "Q4_K ", "Q6_K "]),
+    "base_cache.py": ([PY, str(REPO / "bench" / "base_cache.py"), "--quick"],
+                      ["| bf16 | none |", "| bf16 | EasyCache |", "| Q8_0 | LazyCache |",
+                       "EasyCache / none over 2 formats: mean speed-up"]),
+    "lora.py": ([PY, str(REPO / "bench" / "lora.py"), "--quick"],
+                ["| Q8_0 | pack | comfy | 0 |", "| Q8_0 | pack | comfy | 3 |", "| Q4_K | pack | musubi | 1 |",
+                 "| Q4_K | pack | musubi | 3 |", "targets (GPU): 1 LoRA ≤ 1.05×"]),
 }
 
 

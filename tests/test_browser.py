@@ -15,6 +15,7 @@ except under CI (env CI set), where it fails.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -86,6 +87,7 @@ if (s('missingModel')) {
   out.missingModels = (s('missingModel').missingModelCandidates || []).filter(c => c.isMissing !== false)
     .map(c => ({name: c.name, directory: c.directory, url: c.url || null}));
   out.modelsChecked = s('missingModel').missingModelCandidates !== null && !s('missingModel').isRefreshingMissingModels;
+  out.modelsRefreshing = !!s('missingModel').isRefreshingMissingModels;
   out.missingNodes = s('missingNodesError').hasMissingNodes;
   out.missingMedia = s('missingMedia') ? s('missingMedia').hasMissingMedia : false;
   const e = s('executionError');
@@ -94,6 +96,41 @@ if (s('missingModel')) {
 }
 return JSON.stringify(out);"""
 MISSING_NODES_TEXT = re.compile(r"missing node|node types were not found", re.I)
+MISSING_DIALOG_SETTLE_S = 3.0
+FRONTEND_DISPLAY_INPUTS = {"PreviewAny": ("preview",)}  # frontend 1.32 sends PreviewAny's text box as an input
+# The laid-out graph as the frontend drew it: node boxes (title bar included), title text widths, group boxes.
+JS_LAYOUT = """const c = app.canvas; const ctx = c.canvas.getContext('2d');
+ctx.font = c.title_text_font || ((LiteGraph.NODE_TEXT_SIZE || 14) + 'px Arial');
+const th = LiteGraph.NODE_TITLE_HEIGHT || 30;
+return JSON.stringify({titleHeight: th,
+  nodes: app.graph.nodes.map(n => ({id: n.id, type: n.type, title: n.title || '', pos: Array.from(n.pos),
+    size: Array.from(n.size), titleWidth: ctx.measureText(n.title || '').width})),
+  groups: (app.graph.groups || app.graph._groups || []).map(g => ({title: g.title,
+    box: Array.from(g._bounding || g.bounding)}))});"""
+TITLE_MARGIN_PX = 30  # the collapse dot and padding beside the title text
+
+
+def _overlap(a: list, b: list) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def layout_problems(layout: dict) -> list[str]:
+    """Titles wider than their node (cut off), nodes overlapping each other, nodes sticking out of the group
+    their top-left corner is in."""
+    th = layout["titleHeight"]
+    boxes = {n["id"]: [n["pos"][0], n["pos"][1] - th, n["size"][0], n["size"][1] + th] for n in layout["nodes"]}
+    problems = [f"node {n['id']} title {n['title']!r} is cut off ({n['titleWidth']:.0f} px text in a "
+                f"{n['size'][0]:.0f} px node)" for n in layout["nodes"]
+                if n["titleWidth"] + TITLE_MARGIN_PX > n["size"][0]]
+    ids = sorted(boxes)
+    problems += [f"nodes {a} and {b} overlap" for i, a in enumerate(ids) for b in ids[i + 1:]
+                 if _overlap(boxes[a], boxes[b])]
+    for node_id, (x, y, w, h) in boxes.items():
+        for g in layout["groups"]:
+            gx, gy, gw, gh = g["box"]
+            if gx <= x < gx + gw and gy <= y < gy + gh and (x + w > gx + gw or y + h > gy + gh):
+                problems.append(f"node {node_id} sticks out of group {g['title']!r}")
+    return problems
 
 
 class Frontend:
@@ -151,8 +188,11 @@ class Frontend:
                   lambda: self.js("return document.querySelectorAll('[data-testid^=\"template-workflow-z_image\"]').length"))
 
     def thumbnail_size(self, name: str) -> list:
-        return self.js(f"const i = document.querySelector('[data-testid=\"template-workflow-{name}\"] img');"
-                       "return i && i.complete ? [i.naturalWidth, i.naturalHeight] : null;")
+        # scrolled into view first: the browser loads lazy thumbnails only near the viewport (16+ cards)
+        return self.js(f"const c = document.querySelector('[data-testid=\"template-workflow-{name}\"]');"
+                       "const i = c && c.querySelector('img');"
+                       "if (c && !(i && i.complete)) c.scrollIntoView({block: 'center'});"
+                       "return i && i.complete && i.naturalWidth ? [i.naturalWidth, i.naturalHeight] : null;")
 
     def graph(self) -> dict:
         return json.loads(self.js(JS_GRAPH))
@@ -163,9 +203,10 @@ class Frontend:
         self.wait("the canvas to empty", lambda: self.graph()["count"] == 0, 10)
 
 
-@pytest.fixture(scope="module")
-def frontend(server, tmp_path_factory):
-    """One chromium session on the test server's page for the whole module."""
+@contextlib.contextmanager
+def open_frontend(server, artifacts: Path, label: str = ""):
+    """A chromium session on the server's page, ready (the pack's nodes registered); screenshots under
+    `artifacts/frontend-<version><label>`."""
     why = _browser_missing()
     if why:
         if os.environ.get("CI"):
@@ -194,8 +235,7 @@ def frontend(server, tmp_path_factory):
             assert time.monotonic() < deadline, "the ComfyUI frontend did not start within 120 s"
             time.sleep(0.5)
         version = driver.execute_script("return window.__COMFYUI_FRONTEND_VERSION__ || 'unknown'")
-        root = Path(os.environ.get("ZIT_ARTIFACTS") or tmp_path_factory.mktemp("browser"))
-        folder = root / f"frontend-{version}"
+        folder = artifacts / f"frontend-{version}{label}"
         folder.mkdir(parents=True, exist_ok=True)
         print(f"\nbrowser screenshots: {folder}")
         yield Frontend(driver, server, folder)
@@ -204,12 +244,35 @@ def frontend(server, tmp_path_factory):
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def _artifacts(tmp_path_factory) -> Path:
+    return Path(os.environ.get("ZIT_ARTIFACTS") or tmp_path_factory.mktemp("browser"))
+
+
+@pytest.fixture(scope="module")
+def frontend(server, tmp_path_factory):
+    """One chromium session on the test server's page for the whole module."""
+    with open_frontend(server, _artifacts(tmp_path_factory)) as fe:
+        yield fe
+
+
 def _expected_models(ui: dict) -> list[dict]:
     return sorted((m for n in ui["nodes"] for m in n.get("properties", {}).get("models", [])),
                   key=lambda m: m["name"])
 
 
-def check_opened_cleanly(fe: Frontend, name: str, how: str) -> None:
+def skip_on_older_host(fe: Frontend, name: str) -> None:
+    """Workflows with core nodes only newer ComfyUI has (the Z-Image Fun ControlNet) skip on older hosts."""
+    from zimage_turbo.headless.validate import host_lacks
+    lacks = host_lacks(_load(name)[0], fe.server.object_info())
+    if lacks:
+        reason = f"this ComfyUI has no {', '.join(f'{t} ({why})' for t, why in lacks.items())}"
+        print(reason)
+        pytest.skip(reason)
+
+
+def check_opened_cleanly(fe: Frontend, name: str, how: str, models_present: bool = False) -> None:
+    """The workflow opened intact; the frontend reports missing exactly the workflow's model files (none when
+    the server has them all: `models_present`) and nothing else."""
     ui, api = _load(name)
     fe.wait(f"{name} ({how}) to load", lambda: fe.graph()["count"] == len(ui["nodes"])
             and fe.js("return app.graph.nodes.some(n => n.type === 'ZImageTurboSampler')"))
@@ -223,13 +286,22 @@ def check_opened_cleanly(fe: Frontend, name: str, how: str) -> None:
         assert got.get("widgets_values") == node["widgets_values"], f"{name} node {node['id']} widgets changed"
         assert got.get("title", node["title"]) == node["title"]
     assert sorted(map(list, graph["serialized"]["links"])) == sorted(ui["links"])
+    assert layout_problems(json.loads(fe.js(JS_LAYOUT))) == [], f"{name}: layout as drawn"
     prompt = fe.driver.execute_async_script(JS_TO_PROMPT)
     assert not prompt.startswith("error"), prompt
-    assert json.loads(prompt) == api, "the frontend's own conversion differs from the API twin"
+    converted = json.loads(prompt)
+    for node in converted.values():  # a display-only widget some frontends send (the node declares no such input)
+        for key in FRONTEND_DISPLAY_INPUTS.get(node.get("class_type"), ()):
+            node.get("inputs", {}).pop(key, None)
+    assert converted == api, "the frontend's own conversion differs from the API twin"
 
-    expected = _expected_models(ui)
+    expected = [] if models_present else _expected_models(ui)
     if fe.report()["stores"]:  # frontend 1.4x: reports live in stores (an errors panel, not dialogs)
-        report = fe.wait("the missing-model check", lambda: (r := fe.report())["modelsChecked"] and r)
+        if expected:
+            report = fe.wait("the missing-model check", lambda: (r := fe.report())["modelsChecked"] and r)
+        else:  # nothing missing leaves no candidates at all: wait as long as a report takes to appear
+            time.sleep(MISSING_DIALOG_SETTLE_S)
+            report = fe.wait("the missing-model check", lambda: not (r := fe.report())["modelsRefreshing"] and r)
         assert report["missingNodes"] is False
         assert report["missingMedia"] is False
         assert not any(report["otherErrors"][k] for k in ("node", "prompt", "execution")), report["otherErrors"]
@@ -240,9 +312,17 @@ def check_opened_cleanly(fe: Frontend, name: str, how: str) -> None:
     else:  # frontend 1.3x: a "Missing Models" dialog offering each file
         def models_dialog():
             return next((d for d in fe.report()["dialogs"] if "Missing Models" in d), None)
-        text = fe.wait("the missing-models dialog", models_dialog)
-        for m in expected:
-            assert f"{m['directory']} / {m['name']}" in text
+        if models_present:  # 1.3x looks files up in core's folder listing, whose extensions exclude .gguf:
+            expected = [m for m in _expected_models(ui) if m["name"].endswith(".gguf")]  # (fixed in 1.4x)
+        if expected:
+            text = fe.wait("the missing-models dialog", models_dialog)
+            for m in expected:
+                assert f"{m['directory']} / {m['name']}" in text
+            listed = re.findall(r"^[a-z_]+ / (\S+)$", text, re.M)
+            assert sorted(listed) == sorted(m["name"] for m in expected), f"{name}: {text}"
+        else:  # the dialog opens right after the graph: give it the time it takes when files are missing
+            time.sleep(MISSING_DIALOG_SETTLE_S)
+            assert models_dialog() is None, f"{name}: {models_dialog()}"
         assert not any(MISSING_NODES_TEXT.search(d) for d in fe.report()["dialogs"])
     fe.shot(f"{name}_{how}_dialogs")
     fe.close_dialogs()
@@ -260,19 +340,26 @@ def test_template_browser_lists_pack_workflows_with_thumbnails(frontend):
     frontend.shot("template_browser")
 
 
+def open_from_template_browser(fe: Frontend, name: str) -> None:
+    """On an empty canvas, click the workflow's card in the template browser, as a user does."""
+    skip_on_older_host(fe, name)
+    fe.close_dialogs()
+    fe.clear_graph()
+    fe.open_template_browser()
+    card = fe.js(f"return document.querySelector('[data-testid=\"template-workflow-{name}\"]')")
+    fe.js("arguments[0].scrollIntoView({block: 'center'})", card)
+    fe.click(card)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_opens_from_template_browser(frontend, name):
-    frontend.close_dialogs()
-    frontend.clear_graph()
-    frontend.open_template_browser()
-    card = frontend.js(f"return document.querySelector('[data-testid=\"template-workflow-{name}\"]')")
-    frontend.js("arguments[0].scrollIntoView({block: 'center'})", card)
-    frontend.click(card)
+    open_from_template_browser(frontend, name)
     check_opened_cleanly(frontend, name, "template")
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_png_card_dropped_on_canvas_restores_workflow(frontend, name):
+    skip_on_older_host(frontend, name)
     frontend.close_dialogs()
     frontend.clear_graph()
     data = base64.b64encode((WORKFLOWS / f"{name}.png").read_bytes()).decode()
@@ -297,3 +384,84 @@ def test_unknown_node_type_is_reported(frontend):
     frontend.wait("the missing-node report", flagged)
     frontend.shot("broken_copy_missing_node")
     frontend.close_dialogs()
+
+
+# ------------------------------------------------------------------------- a fresh server with every file
+JS_NODE_CHOICES = """const [type, input] = arguments; const t = LiteGraph.registered_node_types[type];
+const d = t && t.nodeData; if (!d) return null;
+const spec = (d.input && (d.input.required || {})[input]) || (d.inputs && d.inputs[input]);
+if (!spec) return null;
+const c = Array.isArray(spec) ? spec[0] : (spec.options || spec.spec && spec.spec[0]);
+return Array.isArray(c) ? c : (spec.options || null);"""
+FILE_INPUTS = {"ZImageDiffusionModelLoader": ("unet_name", "diffusion_models"),
+               "ZImageTextEncoderLoader": ("text_encoder_name", "text_encoders"),
+               "ZImageVAELoader": ("vae_name", "vae"),
+               "ZImageControlNetLoader": ("patch_name", "model_patches")}
+CORE_LOADERS = {"UNETLoader": "unet_name", "CLIPLoader": "clip_name"}
+
+
+@pytest.fixture(scope="module")
+def fresh_frontend(tmp_path_factory, tiny_paths):
+    """A ComfyUI server started for this module alone, whose models folder holds a tiny file of the right
+    format under every name every shipped workflow names; the browser's page load is its first /object_info."""
+    from zimage_turbo.fixtures.workflow_files import write_workflow_model_files
+    from zimage_turbo.headless.server import ComfyServer, prepare_base_dir
+    base = tmp_path_factory.mktemp("fresh_base")
+    prepare_base_dir(base, REPO)
+    files = write_workflow_model_files(base / "models")
+    srv = ComfyServer.start(base_dir=base, log_path=base / "server.log")
+    try:
+        with open_frontend(srv, _artifacts(tmp_path_factory), "-fresh-server") as fe:
+            fe.files = files
+            yield fe
+    finally:
+        srv.stop()
+
+
+def test_fresh_server_lists_every_file_on_first_page_load(fresh_frontend):
+    """The node definitions the page got from the server's first /object_info list every file of the
+    workflows (.gguf included) in the pack's loaders, and core UNETLoader / CLIPLoader list no .gguf."""
+    fe = fresh_frontend
+    by_folder: dict[str, set] = {}
+    for path in fe.files:
+        by_folder.setdefault(path.parent.name, set()).add(path.name)
+    for node_type, (input_name, folder) in FILE_INPUTS.items():
+        choices = fe.js(JS_NODE_CHOICES, node_type, input_name)
+        assert choices is not None, f"{node_type}.{input_name}: no choices in the frontend's node definitions"
+        assert by_folder.get(folder, set()) <= set(choices), \
+            f"{node_type} on first page load lacks {sorted(by_folder.get(folder, set()) - set(choices))}"
+    later = fe.server.object_info()  # and on every later call: core's lists stay free of files it cannot load
+    for node_type, input_name in CORE_LOADERS.items():
+        first = fe.js(JS_NODE_CHOICES, node_type, input_name) or []
+        again = later[node_type]["input"]["required"][input_name][0]
+        assert first and again, f"{node_type}: no file list"
+        assert not [n for n in first + again if n.lower().endswith(".gguf")], f"{node_type} lists .gguf files"
+
+
+def test_fresh_server_reports_a_file_it_lacks(fresh_frontend):
+    """The check above has teeth on this server and within its settle time: a copy of the 6 GB workflow whose
+    DiT file does not exist is reported (only that file)."""
+    ui, _ = _load("z_image_turbo_6gb")
+    broken = json.loads(json.dumps(ui))
+    loader = next(n for n in broken["nodes"] if n["type"] == "ZImageDiffusionModelLoader")
+    gone = "z_image_turbo-Q4_K_M-not-downloaded.gguf"
+    loader["widgets_values"][0] = gone
+    loader["properties"]["models"][0]["name"] = gone
+    fe = fresh_frontend
+    fe.close_dialogs()
+    fe.clear_graph()
+    fe.js(JS_DROP_FILE, base64.b64encode(json.dumps(broken).encode()).decode(), "broken.json", "application/json")
+    fe.wait("the broken copy to load", lambda: fe.graph()["count"] == len(ui["nodes"]))
+    time.sleep(MISSING_DIALOG_SETTLE_S)
+    report = fe.report()
+    if report["stores"]:
+        assert [m["name"] for m in report["missingModels"]] == [gone], report
+    else:
+        assert any("Missing Models" in d and gone in d for d in report["dialogs"]), report["dialogs"]
+    fe.close_dialogs()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fresh_server_opens_workflow_without_missing_models(fresh_frontend, name):
+    open_from_template_browser(fresh_frontend, name)
+    check_opened_cleanly(fresh_frontend, name, "template", models_present=True)

@@ -207,3 +207,52 @@ def test_quantize_command_line(dit, tmp_path):
     assert second.returncode != 0 and "already exists" in second.stderr
     assert out.read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name != out.name]  # no temporary files left behind
+
+
+# The published DiT GGUFs' layouts (issue 20). jayn7/Z-Image-Turbo-GGUF is ComfyUI-GGUF style (FACTS §4.4): arch
+# lumina2, ComfyUI key names, 1-D and ≤1024-element tensors F32, embedders/refiners/final layer and the [1, D] pad
+# tokens BF16 (ComfyUI-GGUF issue #419), `layers.*` matrices in the K type with some in a higher one (the _M mixes).
+# leejet/Z-Image-Turbo-GGUF is stable-diffusion.cpp's: no general.architecture, keys under model.diffusion_model.,
+# 1-D pad tokens (ComfyUI-GGUF issue #379), every matrix whose rows fit the block size quantized (embedders and
+# refiners too), the rest F16.
+_KEEP_16BIT = ("t_embedder.", "x_embedder.", "final_layer.", "cap_embedder.", "context_refiner.", "noise_refiner.")
+
+
+def _jayn7_type(key, v):
+    if v.ndim == 1 or v.numel() <= 1024:
+        return "F32"
+    if key.startswith(_KEEP_16BIT) or key.endswith("pad_token"):
+        return "BF16"
+    return "Q6_K" if v.shape[1] % 256 == 0 and key.endswith(("w2.weight", "attention.out.weight")) else "Q8_0"
+
+
+def _leejet_type(base):
+    def pick(key, v):
+        if v.ndim < 2 or key.endswith("pad_token"):
+            return "F32"
+        return base if v.shape[1] % 32 == 0 else "F16"
+    return pick
+
+
+@pytest.mark.parametrize("layout,tol", [("jayn7", 0.04), ("leejet-Q8_0", 0.04), ("leejet-Q4_0", 0.25)])
+def test_published_dit_gguf_layouts(dit, reference, tmp_path, layout, tol):
+    from zimage_turbo.quant.tensor import QuantizedTensor
+    path, sd, load = dit
+    if layout == "jayn7":
+        out = _gguf(sd, tmp_path / "z_image_turbo-Q6_K_mix.gguf", _jayn7_type)
+        embed_type = "BF16"
+    else:
+        flat = {("model.diffusion_model." + k): (v.reshape(-1) if k.endswith("pad_token") else v) for k, v in sd.items()}
+        qtype = layout.split("-")[1]
+        tensors = {k: (v.float(), _leejet_type(qtype)(k[len("model.diffusion_model."):], v), tuple(v.shape))
+                   for k, v in flat.items()}
+        out = tmp_path / f"z_image_turbo-{qtype}.gguf"
+        write_gguf(out, tensors, {})
+        embed_type = qtype
+    model = load(out)
+    dm = model.model.diffusion_model
+    assert tuple(dm.x_pad_token.shape) == (1, sd["x_pad_token"].numel())
+    assert isinstance(dm.layers[0].attention.qkv.weight, QuantizedTensor)
+    embed = dm.cap_embedder[1].weight
+    assert (embed.quant_type.name if isinstance(embed, QuantizedTensor) else "BF16") == embed_type
+    assert _rel(_sample(model), reference) < tol

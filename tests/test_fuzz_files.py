@@ -491,17 +491,16 @@ def _object_info() -> dict:
     def jsonable(x):
         return json.loads(json.dumps(x, default=lambda o: None))
     info = {}
-    try:
-        import nodes
-        mapping = dict(nodes.NODE_CLASS_MAPPINGS)
-    except Exception:  # noqa: BLE001 - no host: the pack's nodes only
-        mapping = {}
-    import importlib
-    for module in ("diffusion_model", "text_encoder", "vae", "sampler", "latent", "save"):
-        try:
-            mapping.update(importlib.import_module(f"zimage_turbo.nodes.{module}").NODE_CLASS_MAPPINGS)
-        except Exception:  # noqa: BLE001 - a node module that needs the host
-            continue
+    import importlib.util
+    import sys
+    spec = importlib.util.spec_from_file_location("zit_build_workflows", REPO / "scripts" / "build_workflows.py")
+    builder = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(builder)
+    import nodes
+    from zimage_turbo import NODE_CLASS_MAPPINGS
+    # the node classes the workflow builder converts with: core's, core's extra and V3 nodes, the pack's
+    mapping = {**nodes.NODE_CLASS_MAPPINGS, **builder.core_extra_node_classes(), **builder.core_v3_node_classes(),
+               **NODE_CLASS_MAPPINGS}
     types = {n["type"] for text in WORKFLOW_TEXTS for n in json.loads(text).get("nodes", [])}
     types |= {n["class_type"] for text in WORKFLOW_TEXTS for n in json.loads(text).values() if isinstance(n, dict)
               and "class_type" in n}

@@ -271,7 +271,7 @@ def _minimal_gguf(path, arch: str, hidden: int = 256, tensors: dict | None = Non
 @pytest.mark.parametrize("arch,found,hint", [
     ("llama", "architecture 'llama'", "Qwen3-4B"),
     ("qwen2", "architecture 'qwen2'", "Qwen3-4B"),
-    ("lumina2", "architecture 'lumina2'", "diffusion model loader"),
+    ("lumina2", "architecture 'lumina2'", "Z-Image Diffusion Model Loader"),
 ])
 def test_other_architectures_are_named(comfy_host, tmp_path, arch, found, hint):
     from zimage_turbo.loaders.errors import ModelFileError
@@ -373,3 +373,24 @@ def test_node_lists_gguf_from_text_encoders_and_clip_gguf(comfy_host, tmp_path, 
     assert names == ["qwen_3_4b.safetensors", "Qwen3-4B-Q6_K.gguf"]
     for folder in ("text_encoders", "clip_gguf"):
         getattr(folder_paths, "filename_list_cache", {}).pop(folder, None)
+
+
+# ------------------------------------------------------------------------ Qwen3-4B-Instruct-2507 GGUFs (issue 20)
+def test_qwen3_instruct_2507_gguf_runs_with_its_own_rope(comfy_host, tmp_path):
+    """stable-diffusion.cpp's recommended encoder (unsloth/Qwen3-4B-Instruct-2507-GGUF): architecture qwen3 with
+    the same shapes and tokenizer as Qwen3-4B, but rope_theta 5e6 and a 262144 context (its config.json). The
+    loader takes rope_theta from the file's metadata: the conditioning matches transformers at 5e6 (not at 1e6)."""
+    from zimage_turbo.loaders.gguf_tokenizer import bundled_tokenizer_dir
+    from zimage_turbo.loaders.text_encoder import load_qwen3_text_encoder
+    spec = replace(TINY_QWEN3, rope_theta=5_000_000.0)
+    tensors = qwen3_gguf_tensors(spec, "Q4_K", seed=8, quantize_only=QUANTIZED_BY_PACK)
+    path = write_qwen3_gguf(tmp_path / "Qwen3-4B-Instruct-2507-Q4_K_M.gguf", spec, "Q4_K", tensors=tensors,
+                            tokenizer_dir=bundled_tokenizer_dir(),
+                            metadata={"general.name": "Qwen3-4B-Instruct-2507", "general.finetune": "Instruct-2507",
+                                      "qwen3.context_length": ("u32", 262144)})
+    clip = load_qwen3_text_encoder(path)
+    assert clip.tokenizer.zimage_tokenizer_check.matches  # the same vocabulary: ComfyUI's tokenizer is used
+    cond, ids = _encode(clip)
+    torch.testing.assert_close(cond.float(), _reference_hidden(tensors, spec, ids), rtol=2e-4, atol=2e-4)
+    other = _reference_hidden(tensors, replace(spec, rope_theta=1_000_000.0), ids)
+    assert not torch.allclose(cond.float(), other, rtol=2e-4, atol=2e-4)

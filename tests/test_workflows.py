@@ -15,7 +15,7 @@ from PIL import Image
 
 from zimage_turbo.fixtures.tiny_models import TINY_FILE_NAMES
 from zimage_turbo.headless.server import PACK_FOLDER_NAME, history_error, output_images
-from zimage_turbo.headless.validate import png_problems, validate_workflow
+from zimage_turbo.headless.validate import host_lacks, png_problems, validate_workflow
 from zimage_turbo.headless.workflow import set_inputs, substitute_models
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,6 +23,19 @@ WORKFLOWS = REPO / "workflows"
 NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
 TIERS = ["z_image_turbo_6gb", "z_image_turbo_8gb", "z_image_turbo_12gb", "z_image_turbo_24gb"]
 INPUT_IMAGE = "example.png"
+CONTROLNET = [f"z_image_turbo_controlnet_{kind}_{tier}" for kind in ("canny", "depth", "inpaint")
+              for tier in ("6gb", "12gb")]
+BASE = ["z_image_base_6gb", "z_image_base_12gb", "z_image_base_24gb"]  # Z-Image Base (issue 19)
+LORA = ["z_image_turbo_8gb_lora"]  # issue 17
+
+
+def skip_on_older_host(ui: dict, object_info: dict) -> None:
+    """Workflows with core nodes only newer ComfyUI has (the Z-Image Fun ControlNet) skip on older hosts."""
+    lacks = host_lacks(ui, object_info)
+    if lacks:
+        reason = f"this ComfyUI has no {', '.join(f'{t} ({why})' for t, why in lacks.items())}"
+        print(reason)
+        pytest.skip(reason)
 
 
 def _load(name: str) -> tuple[dict, dict]:
@@ -38,7 +51,8 @@ def put_input_image(server) -> None:
 
 
 def test_shipped_set_is_complete():
-    assert set(TIERS) | {"z_image_turbo_basic", "z_image_turbo_img2img"} == set(NAMES)
+    assert (set(TIERS) | {"z_image_turbo_basic", "z_image_turbo_img2img"} | set(CONTROLNET) | set(BASE) | set(LORA)
+            == set(NAMES))
     for name in NAMES:
         assert (WORKFLOWS / "api" / f"{name}.json").exists()
         assert (WORKFLOWS / f"{name}.png").exists()
@@ -82,6 +96,27 @@ def test_tier_graphs_have_what_users_need(name):
     assert (te, dit) == expected
 
 
+@pytest.mark.parametrize("name", BASE)
+def test_base_graphs_have_what_users_need(name):
+    """Base: 28 steps at cfg 4 with a wired negative prompt, core EasyCache between loader and sampler at
+    threshold 0 (no caching until raised), the Base DiT file of the tier from the catalog."""
+    from zimage_turbo.downloads.catalog import DIT_BASE_BF16, DIT_BASE_Q4_K_M
+    ui, api = _load(name)
+    sampler = next(n for n in api.values() if n["class_type"] == "ZImageTurboSampler")["inputs"]
+    assert (sampler["steps"], sampler["cfg"], sampler["shift"], sampler["preset"], sampler["variety"]) == \
+        (28, 4.0, 3.0, "custom", 0.0)
+    negative = api[sampler["negative"][0]]
+    assert negative["class_type"] == "CLIPTextEncode" and negative["inputs"]["text"]
+    cache = api[sampler["model"][0]]
+    assert cache["class_type"] == "EasyCache" and cache["inputs"]["reuse_threshold"] == 0.0
+    assert api[cache["inputs"]["model"][0]]["class_type"] == "ZImageDiffusionModelLoader"
+    dit = next(n for n in api.values() if n["class_type"] == "ZImageDiffusionModelLoader")["inputs"]
+    gb = int(name.split("_")[-1].removesuffix("gb"))
+    assert dit["unet_name"] == (DIT_BASE_Q4_K_M if gb == 6 else DIT_BASE_BF16).name
+    note = next(n for n in ui["nodes"] if n["type"] == "Note")["widgets_values"][0]
+    assert "28 steps, cfg 4 with the negative prompt" in note
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_png_card_holds_exactly_the_graphs(name):
     ui, api = _load(name)
@@ -114,6 +149,7 @@ def test_template_browser_lists_the_workflows_with_thumbnails(server):
 @pytest.mark.parametrize("name", NAMES)
 def test_validator_passes_on_shipped_workflow(server, name):
     ui, api = _load(name)
+    skip_on_older_host(ui, server.object_info())
     assert validate_workflow(ui, server.object_info(), api) == []
 
 
@@ -211,6 +247,7 @@ def tiny_prompt(api: dict, seed: int, prefix: str) -> dict:
 @pytest.mark.parametrize("name", NAMES)
 def test_shipped_workflow_runs_on_the_server(server, name):
     ui, api = _load(name)
+    skip_on_older_host(ui, server.object_info())
     put_input_image(server)
     prompt = tiny_prompt(api, 7, f"zit_wf_{name}")
     assert {n["class_type"] for n in prompt.values()} == {n["class_type"] for n in api.values()}
