@@ -11,9 +11,11 @@ class ModelFileError(ValueError):
     everything a user needs without a traceback.
     """
 
-    def __init__(self, path: str | os.PathLike, expected: str, found: str, hint: str = "") -> None:
+    def __init__(self, path: str | os.PathLike, expected: str, found: str, hint: str = "", key: str | None = None
+                 ) -> None:
         self.path = os.fspath(path)
         self.expected, self.found, self.hint = expected, found, hint
+        self.key = key  # the metadata key or tensor name at fault, when there is one
         message = f"{os.path.basename(self.path)}: expected {expected}, found {found}."
         if hint:
             message += f" {hint}"
