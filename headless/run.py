@@ -11,24 +11,70 @@ import os
 import sys
 import tempfile
 import time
+import urllib.error
 from pathlib import Path
 
+from ..quant import output_file
+from ..quant.regular_file import NotARegularFile, open_regular_file
+from ..quant.signal_guard import SignalGuard
 from .server import ComfyServer, ServerError, find_comfyui_dir, history_error, output_images, prepare_base_dir
-from .workflow import is_ui_format, model_files, set_inputs, substitute_models, ui_to_api
+from .workflow import WorkflowError, check_workflow, is_ui_format, model_files, parse_workflow, set_inputs, \
+    substitute_models, ui_to_api
 
 PACK_DIR = Path(__file__).resolve().parents[1]
 TINY_DEFAULT_SIZE = 256  # the tiny models' picture is noise: no need to spend a CPU minute on 1024²
 CACHE_DIR = Path(os.environ.get("ZIT_CACHE_DIR", Path.home() / ".cache" / "zimage_turbo"))
 
 
+# The sampler widget's ranges (nodes/sampler.py; a test checks they agree): a value outside them is refused
+# here, before anything starts, instead of being rejected (or silently ignored) after the server is up.
+SIZE_MIN, SIZE_MAX, SIZE_STEP = 64, 16384, 16
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+MAX_WORKFLOW_BYTES = 64 << 20
+
+
 def unique_path(path: Path) -> Path:
-    """`path`, or `stem_2.ext`, `stem_3.ext`, … : an existing file is never overwritten."""
-    if not path.exists():
-        return path
-    n = 2
-    while (candidate := path.with_name(f"{path.stem}_{n}{path.suffix}")).exists():
-        n += 1
-    return candidate
+    """`path`, or `stem_2.ext`, `stem_3.ext`, … : the first name nothing (not even a dangling link) holds."""
+    return next(p for p in output_file.numbered_names(path) if not p.exists() and not p.is_symlink())
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse sizes, seeds and timeouts the sampler or the wait cannot take, with the accepted range."""
+    for name in ("width", "height"):
+        value = getattr(args, name)
+        if value is not None and not (SIZE_MIN <= value <= SIZE_MAX and value % SIZE_STEP == 0):
+            raise SystemExit(f"error: --{name} {value}: must be a multiple of {SIZE_STEP} from {SIZE_MIN} to {SIZE_MAX}")
+    if args.seed is not None and not 0 <= args.seed <= SEED_MAX:
+        raise SystemExit(f"error: --seed {args.seed}: must be from 0 to {SEED_MAX} (2^64 - 1)")
+    if not 0 < args.timeout < float("inf"):
+        raise SystemExit(f"error: --timeout {args.timeout}: must be a positive number of seconds")
+
+
+def read_workflow(path: str | os.PathLike) -> dict:
+    """A workflow file's JSON, checked to be a UI or API workflow; WorkflowError naming the file otherwise (a
+    folder or FIFO is refused without blocking)."""
+    name = os.fspath(path)
+    try:
+        with open_regular_file(path) as f:
+            raw = f.read(MAX_WORKFLOW_BYTES + 1)
+    except NotARegularFile as exc:
+        raise WorkflowError(f"{name}: expected a workflow file (.json), found {exc.found}") from None
+    if len(raw) > MAX_WORKFLOW_BYTES:
+        raise WorkflowError(f"{name}: not a workflow: larger than {MAX_WORKFLOW_BYTES >> 20} MB")
+    try:
+        workflow = parse_workflow(raw)
+        check_workflow(workflow)
+    except WorkflowError as exc:
+        raise WorkflowError(f"{name}: {exc}") from None
+    return workflow
+
+
+def prepare_output(path: Path) -> Path:
+    """Check where the picture will go before anything runs: not a link, a folder that exists (it is made) and
+    takes a new file. The picture itself is written exclusively (never replacing or following anything)."""
+    output_file.refuse_link(path)
+    output_file.check_folder(path, create=True)
+    return path
 
 
 def missing_models(prompt: dict, models_dir: Path) -> list[str]:
@@ -84,8 +130,17 @@ class ProgressBar:
 
 
 def run(args: argparse.Namespace) -> Path:
-    workflow = json.loads(Path(args.workflow).read_text())
+    """Check everything that can be checked, then start (or reach) the server, run the workflow and save the
+    picture; SIGTERM stops a started server like Ctrl-C does."""
+    check_arguments(args)
+    workflow = read_workflow(args.workflow)
+    out = prepare_output(Path(args.out))
     models_dir = Path(args.models_dir) if args.models_dir else find_comfyui_dir() / "models"
+    with SignalGuard():
+        return _run(args, workflow, out, models_dir)
+
+
+def _run(args: argparse.Namespace, workflow: dict, out: Path, models_dir: Path) -> Path:
     base = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="zimage_run_"))
     server = ComfyServer(url=args.server) if args.server else None
     try:
@@ -94,7 +149,7 @@ def run(args: argparse.Namespace) -> Path:
             prepare_base_dir(base, PACK_DIR)
             server = ComfyServer.start(base_dir=base, log_path=base / "comfyui.log",
                                        extra_args=["--extra-model-paths-config", str(_model_paths_yaml(base, models_dir))])
-        prompt = ui_to_api(workflow, server.object_info()) if is_ui_format(workflow) else workflow
+        prompt = _api_prompt(workflow, server, args.workflow)
         ui_graph = workflow if is_ui_format(workflow) else None
         missing = missing_models(prompt, models_dir) if not args.tiny else ["(--tiny)"]
         if missing:
@@ -107,7 +162,7 @@ def run(args: argparse.Namespace) -> Path:
                   "      Using the tiny RANDOM test models: the picture is noise, it only proves the pipeline runs.\n"
                   "      Put the real files in " + str(models_dir) + " for a real image (see README).", file=sys.stderr)
         if args.prompt is not None and not set_inputs(prompt, "CLIPTextEncode", {"text": args.prompt}, first_only=True):
-            raise SystemExit("the workflow has no CLIPTextEncode node to put --prompt into")
+            raise SystemExit("error: the workflow has no CLIPTextEncode node to put --prompt into")
         if args.seed is not None:
             set_inputs(prompt, "ZImageTurboSampler", {"seed": args.seed})
         if args.width or args.height:
@@ -126,21 +181,42 @@ def run(args: argparse.Namespace) -> Path:
             print(file=sys.stderr)
         error = history_error(entry)
         if error:
-            raise SystemExit(f"the workflow failed: {error}")
+            raise SystemExit(f"error: the workflow failed: {error}")
         images = output_images(entry)
         if not images:
-            raise SystemExit("the workflow finished but saved no image")
-        out = unique_path(Path(args.out))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(server.fetch_image(images[0]))
-        print(f"saved {out} ({time.monotonic() - start:.1f} s)", file=sys.stderr)
-        return out
+            raise SystemExit("error: the workflow finished but saved no image")
+        saved = _save(out, server.fetch_image(images[0]), images[0], server)
+        print(f"saved {saved} ({time.monotonic() - start:.1f} s)", file=sys.stderr)
+        return saved
     except ServerError as exc:
         log = base / "comfyui.log"
-        raise SystemExit(f"{exc}" + (f" (server log: {log})" if log.exists() else "")) from None
+        raise SystemExit(f"error: {exc}" + (f" (server log: {log})" if log.exists() else "")) from None
+    except (urllib.error.URLError, ConnectionError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SystemExit(f"error: the ComfyUI server at {server.url} did not answer ({reason})") from None
     finally:
         if server is not None and not args.server:
             server.stop()
+
+
+def _api_prompt(workflow: dict, server: ComfyServer, name: str) -> dict:
+    """The API prompt of a workflow (a UI graph is converted with the server's node list); errors name the file."""
+    if not is_ui_format(workflow):
+        return workflow
+    try:
+        return ui_to_api(workflow, server.object_info())
+    except WorkflowError as exc:
+        raise WorkflowError(f"{name}: {exc}") from None
+
+
+def _save(out: Path, data: bytes, image: dict, server: ComfyServer) -> Path:
+    """Write the picture exclusively; when even that fails, say where the server's own copy is."""
+    try:
+        return output_file.write_new_file(out, data)
+    except output_file.OutputFileError as exc:
+        where = Path(server.base_dir or "<the server's base folder>") / image.get("type", "output")
+        raise output_file.OutputFileError(exc.path, f"{exc.problem}; the server's copy is "
+                                                    f"{where / image.get('subfolder', '') / image['filename']}") from None
 
 
 def _model_paths_yaml(base: Path, models_dir: Path) -> Path:

@@ -45,6 +45,25 @@ def is_ui_format(workflow: dict) -> bool:
     return isinstance(workflow, dict) and isinstance(workflow.get("nodes"), list)
 
 
+def check_workflow(workflow: dict) -> None:
+    """Raise WorkflowError unless `workflow` has the shape of a UI-format graph or an API-format prompt, with at
+    least one node (what can be checked without the server's node list)."""
+    if is_ui_format(workflow):
+        for node in workflow["nodes"]:
+            _check_ui_node(node)
+        nodes = workflow["nodes"]
+    else:
+        _check_api(workflow)
+        nodes = workflow
+    if not nodes:
+        raise WorkflowError("not a workflow: it has no nodes")
+
+
+def _check_ui_node(node: Any) -> None:
+    if not isinstance(node, dict) or not isinstance(node.get("id"), (int, str)) or not isinstance(node.get("type"), str):
+        raise WorkflowError("not a UI-format workflow: a node without an id or a type")
+
+
 def _check_api(prompt: Any) -> None:
     """Raise WorkflowError unless `prompt` has the API format's shape: {id: {"class_type": str, "inputs": {}}}."""
     if not isinstance(prompt, dict):
@@ -86,9 +105,7 @@ def ui_to_api(ui: dict, object_info: dict) -> dict[str, dict[str, Any]]:
     links = {link[0]: link for link in raw_links}
     prompt: dict[str, dict[str, Any]] = {}
     for node in ui["nodes"]:
-        if not isinstance(node, dict) or not isinstance(node.get("id"), (int, str)) \
-                or not isinstance(node.get("type"), str):
-            raise WorkflowError("not a UI-format workflow: a node without an id or a type")
+        _check_ui_node(node)
         try:
             entry = _convert_node(node, links, object_info)
         except WorkflowError:
@@ -107,7 +124,8 @@ def _convert_node(node: dict, links: dict, object_info: dict) -> dict[str, Any] 
         return None
     info = object_info.get(node["type"])
     if info is None:
-        raise WorkflowError(f"node {node['id']}: unknown node type '{node['type']}'")
+        raise WorkflowError(f"node {node['id']}: unknown node type '{node['type']}' (not in this ComfyUI; is the "
+                            "custom node pack that provides it installed?)")
     linked = {}
     for slot in node.get("inputs") or []:
         if slot.get("link") is not None:

@@ -2,13 +2,38 @@
 from __future__ import annotations
 
 import argparse
+import math
+from pathlib import Path
 
 from .catalog import published_files
 from .estimate import MODEL_CFG, GiB, HostProfile, choose
 from .files import inspect_file, scan_models_dir, synthetic_control_patch
 
 
+# argument → (accepted, what it must be): refused in one line before any planning
+ARGUMENT_CHECKS = {
+    "vram": (lambda v: 0 < v < math.inf, "a positive number of GiB"),
+    "width": (lambda v: 0 < v <= 16384, "a picture width from 1 to 16384"),
+    "height": (lambda v: 0 < v <= 16384, "a picture height from 1 to 16384"),
+    "batch": (lambda v: 1 <= v <= 64, "a batch size from 1 to 64"),
+    "prompt_tokens": (lambda v: 1 <= v <= 512, "a prompt length from 1 to 512 tokens"),
+    "memory_usage_factor": (lambda v: 0 < v < math.inf, "a positive number"),
+    "reserve_mb": (lambda v: 0 <= v < math.inf, "a number of MiB, 0 or more"),
+    "cfg": (lambda v: v is None or 0 <= v < math.inf, "a guidance of 0 or more"),
+}
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    for name, (accepted, meaning) in ARGUMENT_CHECKS.items():
+        value = getattr(args, name)
+        if not accepted(value):
+            raise SystemExit(f"error: --{name.replace('_', '-')} {value}: must be {meaning}")
+    if args.models_dir and not Path(args.models_dir).is_dir():
+        raise SystemExit(f"error: --models-dir {args.models_dir}: not a folder")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     files = scan_models_dir(args.models_dir) if args.models_dir else published_files(args.model)
     cfg = args.cfg if args.cfg is not None else MODEL_CFG[args.model]
     host = HostProfile(memory_usage_factor=args.memory_usage_factor, extra_reserved=int(args.reserve_mb * 2 ** 20))

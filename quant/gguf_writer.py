@@ -16,7 +16,7 @@ import math
 import os
 import struct
 import tempfile
-from typing import Any, BinaryIO, Mapping, Optional, Sequence, Union
+from typing import Any, BinaryIO, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -162,13 +162,15 @@ def _pad(f: BinaryIO, pos: int, alignment: int) -> int:
 
 def write_gguf(path: "str | os.PathLike[str]", tensors: Mapping[str, TensorSpec],
                metadata: Optional[Mapping[str, Any]] = None, alignment: int = DEFAULT_ALIGNMENT,
-               overwrite: bool = False) -> None:
+               overwrite: bool = False, publish: Callable[[str, str, bool], None] = move_into_place) -> None:
     """Write a GGUF v3 file.
 
     ``tensors``: name -> ``(data, type, shape)`` where ``data`` is raw uint8 blocks (numpy/torch) or a
     float array quantized here with :func:`~.quantize.quantize`; ``type`` is a GGML type id or name;
     ``shape`` is the logical torch-order shape (optional for float data). A
-    :class:`~.tensor.QuantizedTensor` may be given directly.
+    :class:`~.tensor.QuantizedTensor` may be given directly. The file is written under a hidden temporary
+    name in the same folder, removed on any failure or interrupt (KeyboardInterrupt included), and given its
+    name by ``publish(tmp, path, overwrite)`` (the quantize command passes one that defers signals).
     """
     path = os.fspath(path)
     if not overwrite and os.path.exists(path):
@@ -192,8 +194,9 @@ def write_gguf(path: "str | os.PathLike[str]", tensors: Mapping[str, TensorSpec]
         offset += data.size + (-data.size % alignment)
 
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
         with os.fdopen(fd, "wb") as f:
             head = struct.pack("<IIQQ", GGUF_MAGIC, 3, len(items), len(meta)) + kv + b"".join(infos)
             f.write(head)
@@ -201,8 +204,7 @@ def write_gguf(path: "str | os.PathLike[str]", tensors: Mapping[str, TensorSpec]
             for _, _, _, data in items:
                 f.write(memoryview(data))
                 pos = _pad(f, pos + data.size, alignment)
-        move_into_place(tmp, path, overwrite)
-    except BaseException:
-        if os.path.exists(tmp):
+        publish(tmp, path, overwrite)
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
