@@ -13,7 +13,7 @@ ZIMAGE_REAL_AXES = {128: [32, 48, 48]}
 
 def count_blocks(shapes: Shapes, prefix: str) -> int:
     """Number of consecutive `prefix.N.` blocks present."""
-    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    pattern = re.compile(re.escape(prefix) + r"\.(\d{1,9})\.")  # longer numbers are no block index
     indices = {int(m.group(1)) for k in shapes if (m := pattern.match(k))}
     n = 0
     while n in indices:

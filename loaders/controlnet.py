@@ -19,9 +19,10 @@ import torch
 from . import host
 from .controlnet_layout import controlnet_problem, controlnet_to_comfy, infer_controlnet_config, is_controlnet
 from .detect import classify, describe, loader_hint
-from .dit_quant_formats import has_scaled_weights
+from .dit_quant_formats import has_scaled_weights, require_comfy_quant_support
 from .errors import ModelFileError
 from .gguf_io import densify_unowned, is_gguf, logical_shape, read_gguf_state_dict
+from .nonfinite import check_small_tensors_finite
 from .safetensors_file import load_tensors, read_header
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def build_zimage_controlnet(sd: dict[str, torch.Tensor], path: str | os.PathLike
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {weight_dtype!r}")
     check_zimage_controlnet(path, {k: logical_shape(v) for k, v in sd.items()})
+    check_small_tensors_finite(sd, path)
     try:
         sd = controlnet_to_comfy(sd)
     except KeyError as exc:
@@ -127,6 +129,7 @@ def build_zimage_controlnet(sd: dict[str, torch.Tensor], path: str | os.PathLike
         patcher = QuantModelPatcher(model, load_device=load_device, offload_device=offload_device)
         assign = False
     elif has_scaled_weights(sd, metadata):
+        require_comfy_quant_support(sd, path, EXPECTED, "the patch's bf16 file", metadata)
         sd, ops, model_dtype = _host_scaled_fp8_ops(sd, metadata, load_device)
         model = zimage_control(device=offload_device, dtype=model_dtype, operations=ops, **config)
         patcher = host.new_model_patcher(model, load_device, offload_device)

@@ -42,9 +42,17 @@ def _shape_problems(shapes: Shapes, expected: dict[str, tuple[int, ...]]) -> str
     return None
 
 
+# Quantization side tensors (fp8 scales, `.comfy_quant` entries): checked by loaders/dit_quant_formats.py against
+# their own weight, so a bad one is named there rather than compared across blocks here.
+QUANT_SIDE_NAMES = frozenset({"scale_weight", "scale_input", "weight_scale", "input_scale", "weight_scale_2",
+                              "comfy_quant"})
+
+
 def _blocks_like_first(shapes: Shapes, block_prefixes: tuple[str, ...], first: str) -> str | None:
     """Every `<prefix>.N.<rest>` tensor has the shape of `<first>.<rest>` (blocks of one model share shapes)."""
     for key, shape in shapes.items():
+        if key.rpartition(".")[2] in QUANT_SIDE_NAMES:
+            continue
         for prefix in block_prefixes:
             if key.startswith(prefix + "."):
                 index, _, rest = key[len(prefix) + 1:].partition(".")
@@ -55,9 +63,10 @@ def _blocks_like_first(shapes: Shapes, block_prefixes: tuple[str, ...], first: s
 
 
 MIN_QWEN3_LAYERS = 3
+MAX_INDEX_DIGITS = 9
 
 
-def _consecutive_blocks(shapes: Shapes, prefix: str) -> "int | str":
+def consecutive_blocks(shapes: Shapes, prefix: str) -> "int | str":
     """The number of `<prefix>.N.` blocks when they are numbered 0..n-1, else what is missing."""
     start = prefix + "."
     indices = set()
@@ -65,9 +74,9 @@ def _consecutive_blocks(shapes: Shapes, prefix: str) -> "int | str":
         if key.startswith(start):
             index = key[len(start):].partition(".")[0]
             if index.isdigit() and index.isascii():
-                indices.add(int(index))
+                indices.add(int(index[:MAX_INDEX_DIGITS + 1]))  # a longer number is no real block index
     if indices and max(indices) != len(indices) - 1:
-        gap = min(set(range(max(indices) + 1)) - indices)
+        gap = next(i for i in range(len(indices)) if i not in indices)  # never loops past the names present
         return f"block '{prefix}.{gap}' missing before block '{prefix}.{max(indices)}'"
     return len(indices)
 
@@ -132,15 +141,16 @@ def zimage_dit_problem(s: Shapes) -> str | None:
         if key in s and tuple(s[key]) not in ((1, dim), (dim,)):
             return f"tensor '{key}' of shape {list(s[key])} where [1, {dim}] fits the rest of the file"
     for prefix in ("layers", "noise_refiner", "context_refiner"):
-        count = _consecutive_blocks(s, prefix)
+        count = consecutive_blocks(s, prefix)
         if isinstance(count, str):
             return count
     return _shape_problems(s, expected) or _blocks_like_first(s, ("layers", "noise_refiner", "context_refiner"),
                                                               "layers.0")
 
 
-def qwen3_problem(s: Shapes) -> str | None:
-    """What makes a Qwen3 encoder (HF layout) unbuildable: shapes that do not fit together, or None."""
+def qwen3_problem(s: Shapes, min_layers: int = MIN_QWEN3_LAYERS) -> str | None:
+    """What makes a Qwen3 encoder (HF layout) unbuildable: shapes that do not fit together, fewer than
+    `min_layers` layers, or None."""
     needed = {"model.embed_tokens.weight": 2, "model.layers.0.self_attn.q_norm.weight": 1,
               "model.layers.0.self_attn.q_proj.weight": 2, "model.layers.0.self_attn.k_proj.weight": 2,
               "model.layers.0.mlp.gate_proj.weight": 2}
@@ -154,11 +164,11 @@ def qwen3_problem(s: Shapes) -> str | None:
     ffn = s["model.layers.0.mlp.gate_proj.weight"][0]
     if q_rows % head_dim or kv_rows % head_dim or (q_rows // head_dim) % (kv_rows // head_dim):
         return f"attention rows {q_rows}/{kv_rows} that do not fit head size {head_dim}"
-    layers = _consecutive_blocks(s, "model.layers")
+    layers = consecutive_blocks(s, "model.layers")
     if isinstance(layers, str):
         return layers
-    if layers < MIN_QWEN3_LAYERS:
-        return f"{layers} layers (Z-Image reads the second-to-last hidden state: at least {MIN_QWEN3_LAYERS} needed)"
+    if layers < min_layers:
+        return f"{layers} layers (Z-Image reads the second-to-last hidden state: at least {min_layers} needed)"
     p = "model.layers.0."
     if "model.norm.weight" in s and tuple(s["model.norm.weight"]) != (hidden,):
         return f"tensor 'model.norm.weight' of shape {list(s['model.norm.weight'])} where [{hidden}] fits the rest"

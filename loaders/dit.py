@@ -15,6 +15,7 @@ from .dit_quant_formats import apply_quant_format, has_scaled_weights
 from .gguf_io import densify_unowned, is_gguf, logical_shape, read_gguf_state_dict
 from .safetensors_file import load_tensors, read_header
 from ..sampling.guards import add_caption_width_guard
+from .nonfinite import check_small_tensors_finite
 
 log = logging.getLogger(__name__)
 EXPECTED = "a Z-Image DiT (e.g. z_image_turbo_bf16.safetensors)"
@@ -90,6 +91,7 @@ def build_zimage_model(sd: dict[str, torch.Tensor], path: str | os.PathLike = "<
 
     shapes = {k: logical_shape(v) for k, v in sd.items()}
     check_zimage_dit(path, shapes)
+    check_small_tensors_finite(sd, path)  # norms, biases, pad tokens, scales: NaN here makes black images
     config = infer_zimage_dit_config(shapes)
     _fix_pad_tokens(sd, config["dim"])
     config["allow_fp16"] = allow_fp16(sd, config["n_layers"])

@@ -16,15 +16,20 @@ import inspect
 import logging
 import os
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 
 from . import host
-from .config import count_blocks, infer_qwen3_config
-from .detect import PACK_LOADERS, classify, describe, loader_hint, strip_known_prefix
+from .config import infer_qwen3_config
+from .detect import (MIN_QWEN3_LAYERS, PACK_LOADERS, classify, consecutive_blocks, describe, loader_hint,
+                     qwen3_problem, strip_known_prefix)
 from .dit_quant_formats import require_comfy_quant_support
 from .errors import ModelFileError
+from .gguf_io import logical_shape
 from .keymaps import block_index, can_drop_last, map_qwen3_names, qwen3_layer_keys, unused_qwen3_keys
+from .metadata import MetadataReader, describe_value
+from .nonfinite import check_small_tensors_finite
 from .safetensors_file import load_tensors, read_header
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,7 @@ GGUF_ARCH_HINTS = {
     "qwen3vl": "Qwen3-VL is not Z-Image's text encoder.",
 }
 TOKENIZER_POLICIES = ("auto", "bundled", "gguf", "strict")
+QWEN_PAD_ID = 151643  # <|endoftext|>, ComfyUI's Qwen3 pad token
 
 
 class _Target:
@@ -121,6 +127,8 @@ def check_qwen3(path: str | os.PathLike, shapes: dict) -> dict:
 def build_qwen3_clip(sd: dict[str, torch.Tensor], path: str | os.PathLike = "<state dict>", model_options=None):
     """A ComfyUI CLIP (Z-Image tokenizer + Qwen3 encoder, hidden state −2) from an HF-layout state dict."""
     config = check_qwen3(path, {k: tuple(v.shape) for k, v in sd.items()})
+    require_bundled_vocabulary(path, config["vocab_size"])
+    check_small_tensors_finite(sd, path)
     return _build_dense_clip(sd, config, model_options)
 
 
@@ -154,43 +162,43 @@ def load_qwen3_text_encoder(path: str | os.PathLike, tokenizer: str = "auto"):
     header = read_header(path, expected=EXPECTED)
     prefix, shapes = strip_known_prefix(header.shapes())
     config = check_qwen3(path, shapes)
+    # a safetensors file has no tokenizer of its own
+    require_bundled_vocabulary(path, config["vocab_size"], embedding=prefix + "model.embed_tokens.weight")
     skip = unused_qwen3_keys(shapes, config["num_hidden_layers"]) if can_drop_last(config["num_hidden_layers"]) else set()
     wanted = [k for k in shapes if k not in skip or k == "model.norm.weight"]
     sd = {k[len(prefix):]: v for k, v in load_tensors(header, [prefix + k for k in wanted]).items()}
+    check_small_tensors_finite(sd, path)
     require_comfy_quant_support(sd, path, EXPECTED, "qwen_3_4b.safetensors or a Qwen3-4B GGUF")
     return _build_dense_clip(sd, config)
 
 
 # ----------------------------------------------------------------------------------------------- GGUF
-def _meta(metadata: dict, arch: str, key: str):
-    value = metadata.get(f"{arch}.{key}")
-    if value is None:
-        return None
-    if hasattr(value, "item") and getattr(value, "size", 1) == 1:
-        value = value.item()
-    return value
+# Metadata sizes that must agree with the tensors: config field -> (key after "<arch>.", highest value read).
+QWEN3_SIZE_KEYS = {"hidden_size": ("embedding_length", 1 << 16), "intermediate_size": ("feed_forward_length", 1 << 20),
+                   "num_attention_heads": ("attention.head_count", 1 << 12),
+                   "num_key_value_heads": ("attention.head_count_kv", 1 << 12),
+                   "head_dim": ("attention.key_length", 1 << 12)}
+# Metadata floats: config field -> (key after "<arch>.", exclusive lower bound, upper bound, default).
+QWEN3_FLOAT_KEYS = {"rope_theta": ("rope.freq_base", 1.0, 1e12, 1_000_000.0),
+                    "rms_norm_eps": ("attention.layer_norm_rms_epsilon", 0.0, 1.0, 1e-6)}
+MAX_LAYERS = 4096
 
 
 def qwen3_config_from_gguf(path, metadata: dict, shapes: dict[str, tuple[int, ...]], num_layers: int,
                            arch: str = GGUF_ARCH) -> dict:
     """The encoder config from `qwen3.*` metadata, checked against the shapes of the loaded tensors (HF names).
 
-    Keys the file lacks are taken from the shapes; a key that disagrees with the tensors is an error.
+    Keys the file lacks are taken from the shapes; a key of the wrong type, out of range or disagreeing with
+    the tensors is a ModelFileError naming the key.
     """
+    reader = MetadataReader(path, metadata)
     config = infer_qwen3_config(shapes)
     config["num_hidden_layers"] = num_layers
-    fields = {"hidden_size": "embedding_length", "intermediate_size": "feed_forward_length",
-              "num_attention_heads": "attention.head_count", "num_key_value_heads": "attention.head_count_kv",
-              "head_dim": "attention.key_length"}
-    for field, key in fields.items():
-        value = _meta(metadata, arch, key)
-        if value is not None and int(value) != config[field]:
-            raise ModelFileError(path, EXPECTED_GGUF + " whose metadata fits its tensors",
-                                 f"{arch}.{key} = {int(value)} but tensors of {config[field]}",
-                                 "The file is damaged or incomplete.")
-    theta, eps = _meta(metadata, arch, "rope.freq_base"), _meta(metadata, arch, "attention.layer_norm_rms_epsilon")
-    config["rope_theta"] = float(theta) if theta is not None else 1_000_000.0
-    config["rms_norm_eps"] = float(eps) if eps is not None else 1e-6
+    for field, (key, high) in QWEN3_SIZE_KEYS.items():
+        reader.int(f"{arch}.{key}", 1, high, default=None, allowed=(config[field],),
+                   agreement=f"matching the tensors ({config[field]})")
+    for field, (key, above, at_most, default) in QWEN3_FLOAT_KEYS.items():
+        config[field] = reader.number(f"{arch}.{key}", above, at_most, default=default)
     return config
 
 
@@ -235,8 +243,10 @@ def _read_gguf(path, expected: str, keep=None):
     return read_gguf_state_dict(path, expected, keep=keep)
 
 
-def _gguf_tokenizer_class(hf_tokenizer, hidden_size: int):
-    """ComfyUI's Z-Image tokenizer (template, settings) with the GGUF's own BPE tokenizer inside."""
+def _gguf_tokenizer_class(hf_tokenizer, hidden_size: int, pad_id: int | None = None):
+    """ComfyUI's Z-Image tokenizer (template, settings) with the GGUF's own BPE tokenizer inside (padding with
+    the file's padding id, else Qwen's <|endoftext|>)."""
+    pad_token = QWEN_PAD_ID if pad_id is None else pad_id
     import comfy.text_encoders.z_image as z_image
     from comfy import sd1_clip
 
@@ -250,7 +260,7 @@ def _gguf_tokenizer_class(hf_tokenizer, hidden_size: int):
             sd1_clip.SDTokenizer.__init__(
                 self, None, pad_with_end=False, embedding_directory=embedding_directory, embedding_size=hidden_size,
                 embedding_key="qwen3_4b", tokenizer_class=_FromGGUF, has_start_token=False, has_end_token=False,
-                pad_to_max_length=False, max_length=99999999, min_length=1, pad_token=151643,
+                pad_to_max_length=False, max_length=99999999, min_length=1, pad_token=pad_token,
                 tokenizer_data=tokenizer_data)
 
     class GGUFZImageTokenizer(z_image.ZImageTokenizer):
@@ -264,41 +274,83 @@ def _gguf_tokenizer_class(hf_tokenizer, hidden_size: int):
 _TOKENIZER_CHECKS: dict[tuple, object] = {}
 
 
-def gguf_tokenizer_check(path, metadata: dict):
-    """The (cached per file version) comparison of the file's tokenizer with ComfyUI's bundled one."""
+def gguf_tokenizer_check(path, metadata: dict, rows: int | None = None):
+    """The (cached per file version) comparison of the file's tokenizer with ComfyUI's bundled one; `rows`: the
+    embedding rows its token ids must stay within."""
     from .gguf_tokenizer import check_gguf_tokenizer
     st = os.stat(path)
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, rows)
     if key not in _TOKENIZER_CHECKS:
         _TOKENIZER_CHECKS.clear()
-        _TOKENIZER_CHECKS[key] = check_gguf_tokenizer(metadata)
+        _TOKENIZER_CHECKS[key] = check_gguf_tokenizer(metadata, rows=rows)
     return _TOKENIZER_CHECKS[key]
 
 
-def choose_tokenizer(path, metadata: dict, hidden_size: int, policy: str = "auto"):
+def require_bundled_vocabulary(path, rows: int, why: str = "the file has no tokenizer",
+                               embedding: str = "model.embed_tokens.weight") -> None:
+    """Refuse an embedding table with fewer rows than ids ComfyUI's bundled Qwen tokenizer emits (its ids past
+    the table would fail at the first prompt). `embedding`: the table's name in the file."""
+    from .gguf_tokenizer import bundled_id_count
+    needed = bundled_id_count()
+    if rows < needed:
+        raise ModelFileError(path, f"a Qwen3 text encoder whose embedding table covers the {needed} ids of ComfyUI's "
+                             "Qwen tokenizer (or a GGUF with its own tokenizer)",
+                             f"an embedding table ('{embedding}') of {rows} rows, and {why}",
+                             "This is not Qwen3-4B's vocabulary: use a Qwen3-4B file.", key=embedding)
+
+
+def _unusable_tokenizer_error(path, check, bundled_fits: bool) -> ModelFileError:
+    """The ModelFileError for a file whose own tokenizer is required but absent, unsupported or malformed."""
+    damaged = check.error is not None
+    if bundled_fits:
+        instead = "use tokenizer 'bundled' or another conversion of Qwen3-4B" if damaged else \
+            "use tokenizer 'auto' to take ComfyUI's bundled Qwen tokenizer"
+    else:
+        instead = "ComfyUI's Qwen tokenizer does not fit its embedding table either; use a Qwen3-4B file"
+    if damaged:
+        return check.error.for_file(path, f"The file's tokenizer metadata is damaged; {instead}.")
+    return ModelFileError(path, "a GGUF with a tokenizer this pack can rebuild", check.detail,
+                          instead[0].upper() + instead[1:] + ".", key=check.key)
+
+
+def choose_tokenizer(path, metadata: dict, hidden_size: int, policy: str = "auto", rows: int | None = None,
+                     embedding: str = "model.embed_tokens.weight"):
     """(tokenizer class for the CLIP, TokenizerCheck or None) following `policy`.
 
     auto: ComfyUI's bundled tokenizer when the file's tokenizer gives the same ids on the test corpus (or the
-    file has none, or one this pack cannot rebuild); when the ids differ, the file's own tokenizer (it belongs
-    to its embedding table) and a warning that names the first difference.
-    bundled: always ComfyUI's. gguf: always the file's (error when it has none). strict: error when they differ.
+    file has none, or one this pack cannot rebuild, or malformed tokenizer metadata: a warning names the key);
+    when the ids differ, the file's own tokenizer (it belongs to its embedding table) and a warning that names
+    the first difference. bundled: always ComfyUI's. gguf: always the file's (error when it has none).
+    strict: error when they differ or the file's tokenizer metadata is malformed.
+    Whatever the policy, ComfyUI's tokenizer is used only when the embedding table has a row for each of its
+    ids (`rows`, when given; `embedding` names the table): otherwise the file's own tokenizer, or a
+    ModelFileError when it has none.
     """
     import comfy.text_encoders.z_image as z_image
     if policy not in TOKENIZER_POLICIES:
         raise ValueError(f"tokenizer policy must be one of {', '.join(TOKENIZER_POLICIES)}, got {policy!r}")
+    from .gguf_tokenizer import bundled_id_count
     name = os.path.basename(os.fspath(path))
+    bundled_fits = rows is None or rows >= bundled_id_count()
     if policy == "bundled":
+        if not bundled_fits:
+            require_bundled_vocabulary(path, rows, "tokenizer 'bundled' was asked for", embedding)
         return z_image.ZImageTokenizer, None
-    check = gguf_tokenizer_check(path, metadata)
+    check = gguf_tokenizer_check(path, metadata, rows)
+
+    def own():
+        return _gguf_tokenizer_class(check.tokenizer, hidden_size, check.pad_id), check
+
     if check.status == "match":
         log.info("%s: tokenizer in the file gives the same ids as ComfyUI's Qwen tokenizer (%s).", name, check.detail)
-        return (_gguf_tokenizer_class(check.tokenizer, hidden_size) if policy == "gguf"
-                else z_image.ZImageTokenizer), check
-    if check.status in ("absent", "unsupported"):
-        if policy == "gguf":
-            raise ModelFileError(path, "a GGUF with a tokenizer this pack can rebuild", check.detail,
-                                 "Use tokenizer 'auto' to take ComfyUI's bundled Qwen tokenizer.")
-        log.info("%s: %s; using ComfyUI's bundled Qwen tokenizer.", name, check.detail)
+        return own() if policy == "gguf" or not bundled_fits else (z_image.ZImageTokenizer, check)
+    if check.status in ("absent", "unsupported", "invalid"):
+        if policy == "gguf" or (check.status == "invalid" and (policy == "strict" or not bundled_fits)):
+            raise _unusable_tokenizer_error(path, check, bundled_fits)
+        if not bundled_fits:
+            require_bundled_vocabulary(path, rows, check.detail, embedding)
+        report = log.warning if check.status == "invalid" else log.info
+        report("%s: %s; using ComfyUI's bundled Qwen tokenizer.", name, check.detail)
         return z_image.ZImageTokenizer, check
     if policy == "strict":
         raise ModelFileError(path, "a GGUF whose tokenizer matches ComfyUI's Qwen tokenizer",
@@ -307,7 +359,7 @@ def choose_tokenizer(path, metadata: dict, hidden_size: int, policy: str = "auto
     log.warning("%s: the tokenizer in the file differs from ComfyUI's Qwen tokenizer (%s). Using the file's "
                 "tokenizer, which belongs to its embedding table; conditioning will differ from qwen_3_4b."
                 "safetensors.", name, check.detail)
-    return _gguf_tokenizer_class(check.tokenizer, hidden_size), check
+    return own()
 
 
 def _quant_clip(target, sd: dict, parameters: int, options: dict):
@@ -340,15 +392,53 @@ def _quant_clip(target, sd: dict, parameters: int, options: dict):
     return clip, missing
 
 
-def load_qwen3_gguf_text_encoder(path: str | os.PathLike, tokenizer: str = "auto"):
-    """A Qwen3-4B GGUF (any quantization) as a standard CLIP for Z-Image; weights stay quantized.
+@dataclass
+class Qwen3GGUF:
+    """A Qwen3 encoder GGUF whose metadata and tensors were checked against each other (nothing built yet)."""
+    path: str | os.PathLike
+    metadata: dict
+    sd: dict[str, torch.Tensor]  # HF names: the tensors the encoder reads
+    config: dict
+    drop_last: bool
+    type_names: dict[str, str]
+    embedding_name: str  # the token embedding's name in the file
 
-    Architecture and sizes come from the `qwen3.*` metadata (checked against the tensors); llama.cpp tensor
-    names are mapped to ComfyUI's; the last layer, the final norm and `output.weight` are never read.
-    `tokenizer`: see :func:`choose_tokenizer`.
-    """
-    import comfy.text_encoders.z_image
 
+def _gguf_architecture(path, metadata: dict, names: list[str]) -> str:
+    """The file's architecture when it is Qwen3 (or absent, with Qwen3 tensors); ModelFileError naming it otherwise."""
+    arch = MetadataReader(path, metadata).string("general.architecture", default=None, max_length=200)
+    qwen3_names = any(n in names for n in ("blk.0.attn_q_norm.weight", "model.layers.0.self_attn.q_norm.weight"))
+    if arch == GGUF_ARCH or (arch is None and qwen3_names):
+        return GGUF_ARCH
+    default = "Z-Image needs the Qwen3-4B text encoder."
+    if arch is None:  # no architecture: say what the tensors are and where they belong
+        gguf = _read_gguf(path, EXPECTED_GGUF)
+        found = _describe_gguf(gguf)
+        hint = loader_hint(classify(strip_known_prefix(gguf.shapes())[1]), "te", default)
+    else:
+        found, hint = f"a GGUF of architecture '{arch}'", GGUF_ARCH_HINTS.get(arch, default)
+    raise ModelFileError(path, EXPECTED_GGUF, found, hint, key="general.architecture" if arch is not None else None)
+
+
+def _gguf_layer_count(path, metadata: dict, arch: str, hf_names) -> int:
+    """Layers of the encoder: the blocks of tensors present, and `<arch>.block_count` checked against them (it
+    may count one more: the last block is never read, so a file may leave it out) before anything loops."""
+    blocks = consecutive_blocks(dict.fromkeys(hf_names), "model.layers")
+    if isinstance(blocks, str):
+        raise ModelFileError(path, EXPECTED_GGUF + " with every layer", blocks, "The file is incomplete or damaged.")
+    key = f"{arch}.block_count"
+    if blocks < MIN_QWEN3_LAYERS:
+        declared = f" ({key} = {describe_value(metadata[key])})" if key in metadata else ""
+        raise ModelFileError(path, f"{EXPECTED_GGUF} with at least {MIN_QWEN3_LAYERS} layers (Z-Image reads the "
+                             "second-to-last hidden state)", f"{blocks} blocks of tensors{declared}",
+                             "The file is incomplete or not Qwen3-4B.", key=key)
+    return MetadataReader(path, metadata).int(key, 1, MAX_LAYERS, default=blocks, allowed=(blocks, blocks + 1),
+                                              agreement=f"matching the {blocks} blocks of tensors")
+
+
+def read_qwen3_gguf(path: str | os.PathLike) -> Qwen3GGUF:
+    """Everything the GGUF loader checks before ComfyUI builds anything: architecture, metadata (typed, in range,
+    agreeing with the tensors), the tensors the encoder reads, their shapes, and NaN/Inf in the small ones."""
     names: list[str] = []
 
     def only_names(name: str) -> bool:
@@ -356,31 +446,17 @@ def load_qwen3_gguf_text_encoder(path: str | os.PathLike, tokenizer: str = "auto
         return False
 
     head = _read_gguf(path, EXPECTED_GGUF, keep=only_names)  # metadata and tensor names; no tensor is touched
-    arch, metadata = head.architecture, head.metadata
-    qwen3_names = any(n in names for n in ("blk.0.attn_q_norm.weight", "model.layers.0.self_attn.q_norm.weight"))
-    if arch != GGUF_ARCH and not (arch is None and qwen3_names):
-        default = "Z-Image needs the Qwen3-4B text encoder."
-        if arch is None:  # no architecture: say what the tensors are and where they belong
-            gguf = _read_gguf(path, EXPECTED_GGUF)
-            found = _describe_gguf(gguf)
-            hint = loader_hint(classify(strip_known_prefix(gguf.shapes())[1]), "te", default)
-        else:
-            found, hint = f"a GGUF of architecture '{arch}'", GGUF_ARCH_HINTS.get(arch, default)
-        raise ModelFileError(path, EXPECTED_GGUF, found, hint)
-    arch = arch or GGUF_ARCH
-    declared = _meta(metadata, arch, "embedding_length")
-    if isinstance(declared, (int, float)):
-        _check_hidden_size(path, int(declared))  # before touching tensors: a Qwen3-8B file is refused at once
+    metadata = head.metadata
+    arch = _gguf_architecture(path, metadata, names)
+    declared = MetadataReader(path, metadata).int(f"{arch}.embedding_length", 1, QWEN3_SIZE_KEYS["hidden_size"][1],
+                                                  default=None)
+    if declared is not None:
+        _check_hidden_size(path, declared)  # before touching tensors: a Qwen3-8B file is refused at once
     mapping, unknown = map_qwen3_names(names)
     if unknown:
         log.info("%s: ignoring %d tensors that are not part of a Qwen3 encoder (e.g. %s)",
                  os.path.basename(os.fspath(path)), len(unknown), unknown[0])
-    in_file = count_blocks(dict.fromkeys(mapping.values()), "model.layers")
-    block_count = _meta(metadata, arch, "block_count")
-    num_layers = int(block_count) if block_count is not None else in_file
-    if in_file > num_layers:
-        raise ModelFileError(path, EXPECTED_GGUF + " whose metadata fits its tensors",
-                             f"{arch}.block_count = {num_layers} but {in_file} blocks", "The file is damaged.")
+    num_layers = _gguf_layer_count(path, metadata, arch, mapping.values())
     drop_last = can_drop_last(num_layers)
     built = num_layers - 1 if drop_last else num_layers
     wanted = {"model.embed_tokens.weight"} | {k for i in range(built) for k in qwen3_layer_keys(i)}
@@ -394,8 +470,11 @@ def load_qwen3_gguf_text_encoder(path: str | os.PathLike, tokenizer: str = "auto
         raise ModelFileError(path, EXPECTED_GGUF + " with every tensor",
                              f"{len(missing)} missing tensors ({', '.join(missing[:4])}{'…' if len(missing) > 4 else ''})",
                              "The file is incomplete or not a Qwen3 text encoder.")
-    from .gguf_io import logical_shape
     shapes = {k: logical_shape(v) for k, v in sd.items()}
+    problem = qwen3_problem(shapes, min_layers=1)  # the layer count was checked against the metadata
+    if problem:
+        raise ModelFileError(path, EXPECTED_GGUF, f"a damaged Qwen3 text encoder ({problem})",
+                             "The file is damaged or not a Qwen3 text encoder.")
     config = qwen3_config_from_gguf(path, metadata, shapes, num_layers, arch)
     _check_size(path, config)
     for key, shape in _expected_shapes(config, built).items():
@@ -403,18 +482,35 @@ def load_qwen3_gguf_text_encoder(path: str | os.PathLike, tokenizer: str = "auto
             raise ModelFileError(path, EXPECTED_GGUF + " whose tensors fit its metadata",
                                  f"tensor '{key}' of shape {list(shapes[key])} where {list(shape)} fits the metadata",
                                  "The file is damaged or not a Qwen3 text encoder.")
+    check_small_tensors_finite(gguf.tensors, path)  # by the names in the file
+    embedding = next(name for name, hf in mapping.items() if hf == "model.embed_tokens.weight")
+    return Qwen3GGUF(path, metadata, sd, config, drop_last, gguf.type_names, embedding)
 
-    tokenizer_class, check = choose_tokenizer(path, metadata, config["hidden_size"], tokenizer)
-    options = encoder_options(config, drop_last)
+
+def load_qwen3_gguf_text_encoder(path: str | os.PathLike, tokenizer: str = "auto"):
+    """A Qwen3-4B GGUF (any quantization) as a standard CLIP for Z-Image; weights stay quantized.
+
+    Architecture and sizes come from the `qwen3.*` metadata (checked against the tensors, see
+    :func:`read_qwen3_gguf`); llama.cpp tensor names are mapped to ComfyUI's; the last layer, the final norm
+    and `output.weight` are never read. `tokenizer`: see :func:`choose_tokenizer`.
+    """
+    import comfy.text_encoders.z_image
+
+    gguf = read_qwen3_gguf(path)
+    config, sd = gguf.config, gguf.sd
+    tokenizer_class, check = choose_tokenizer(path, gguf.metadata, config["hidden_size"], tokenizer,
+                                              rows=config["vocab_size"], embedding=gguf.embedding_name)
+    options = encoder_options(config, gguf.drop_last)
     te = comfy.text_encoders.z_image.te(dtype_llama=torch.float32)
-    parameters = sum(int(torch.Size(s).numel()) for s in shapes.values())
+    parameters = sum(int(torch.Size(logical_shape(v)).numel()) for v in sd.values())
     clip, not_loaded = _quant_clip(_Target(te, tokenizer_class), sd, parameters, options)
     if not_loaded:
         raise ModelFileError(path, EXPECTED_GGUF + " with every tensor", f"tensors missing: {', '.join(not_loaded[:4])}")
     clip.tokenizer.zimage_tokenizer_check = check
     types = Counter(gguf.type_names.values())
     log.info("Qwen3 GGUF %s: %d layers (%d loaded, hidden state -2), hidden %d, tensor types %s, tokenizer: %s",
-             os.path.basename(os.fspath(path)), num_layers, built, config["hidden_size"],
+             os.path.basename(os.fspath(path)), config["num_hidden_layers"],
+             config["num_hidden_layers"] - int(gguf.drop_last), config["hidden_size"],
              ", ".join(f"{t} x{n}" for t, n in types.most_common()),
              "ComfyUI's bundled" if tokenizer_class is comfy.text_encoders.z_image.ZImageTokenizer else "the file's")
     return clip

@@ -5,6 +5,7 @@ import os
 
 from .detect import classify, describe, loader_hint, strip_known_prefix
 from .errors import ModelFileError
+from .nonfinite import check_small_tensors_finite
 from .safetensors_file import load_tensors, read_header
 
 EXPECTED = "a Flux VAE with 16 latent channels (e.g. ae.safetensors)"
@@ -21,6 +22,7 @@ def load_flux_vae(path: str | os.PathLike):
         raise ModelFileError(path, EXPECTED, describe(shapes),
                              loader_hint(kind, "vae", "Put ae.safetensors in models/vae."))
     sd = {k[len(prefix):]: v for k, v in load_tensors(header, [prefix + k for k in shapes]).items()}
-    vae = comfy.sd.VAE(sd=sd, metadata=header.metadata)
+    check_small_tensors_finite(sd, path)
+    vae = comfy.sd.VAE(sd=sd)  # the Flux VAE reads no metadata (the file's is untrusted and unused)
     vae.throw_exception_if_invalid()
     return vae

@@ -341,9 +341,17 @@ def _full_load_cases(base: bytes, n: int, seed: int) -> list[bytes]:
     return out
 
 
-LOADER_CASES = {
-    "dit": ("zimage_turbo.loaders.dit", "load_zimage_dit", 0),
-    "text_encoder": ("zimage_turbo.loaders.text_encoder", "load_qwen3_text_encoder", 2),
+def _full_vocab_micro_qwen3() -> bytes:
+    """The micro encoder with a row for each id of ComfyUI's Qwen tokenizer (a smaller table is refused at load)."""
+    from dataclasses import replace
+    from zimage_turbo.loaders.gguf_tokenizer import bundled_id_count
+    spec = replace(MICRO_QWEN3, vocab_size=bundled_id_count())
+    return _save(build_qwen3_state_dict(spec, dtype=torch.float16), "qwen3_full_vocab.safetensors")
+
+
+LOADER_CASES = {  # loader -> (module, function, seed file)
+    "dit": ("zimage_turbo.loaders.dit", "load_zimage_dit", lambda: ST_BASES[0]),
+    "text_encoder": ("zimage_turbo.loaders.text_encoder", "load_qwen3_text_encoder", _full_vocab_micro_qwen3),
 }
 
 
@@ -353,8 +361,11 @@ def test_mutated_files_through_the_real_loaders(comfy_host, loader):
     import importlib
     module, func, base = LOADER_CASES[loader]
     load = getattr(importlib.import_module(module), func)
+    seed = base()
+    (_TMP / f"seed_{loader}.safetensors").write_bytes(seed)
+    load(_TMP / f"seed_{loader}.safetensors")  # the seed itself passes every check and builds
     escaped, accepted = [], 0
-    for i, data in enumerate(_full_load_cases(ST_BASES[base], FULL_LOADS, seed=len(loader))):
+    for i, data in enumerate(_full_load_cases(seed, FULL_LOADS, seed=len(loader))):
         path = _TMP / f"full_{loader}.safetensors"
         path.write_bytes(data)
         start = time.perf_counter()
@@ -629,3 +640,197 @@ def test_workflow_targeted(object_info):
         _check_workflow(text, object_info)
     with pytest.raises(WorkflowError):
         parse_workflow("[" * 100_000)
+
+
+# ------------------------------------------------------------------------------------------------ metadata values
+# Every metadata key the text-encoder GGUF loader reads, with values of the wrong type, out of range, NaN/Inf,
+# huge counts, arrays of the wrong element type or length, and token ids out of range. The checked call is what
+# the loader does before ComfyUI builds anything (read_qwen3_gguf, then the tokenizer choice); a deterministic
+# subset goes through the full loader. 4 x PER_STRATEGY cases: >= 2000 in CI, >= 10 000 long.
+META_CASES = 4 * PER_STRATEGY
+META_FUZZ = settings(FUZZ, max_examples=META_CASES)
+META_QWEN3 = Qwen3Spec(vocab_size=300, hidden_size=128, intermediate_size=64, num_hidden_layers=3,
+                       num_attention_heads=1, num_key_value_heads=1)
+QWEN3_READ_KEYS = ("general.architecture", "qwen3.block_count", "qwen3.embedding_length", "qwen3.feed_forward_length",
+                   "qwen3.attention.head_count", "qwen3.attention.head_count_kv", "qwen3.attention.key_length",
+                   "qwen3.rope.freq_base", "qwen3.attention.layer_norm_rms_epsilon")
+TOKENIZER_READ_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens",
+                       "tokenizer.ggml.token_type", "tokenizer.ggml.merges", "tokenizer.ggml.eos_token_id",
+                       "tokenizer.ggml.padding_token_id")
+DELETE = "<delete>"
+INT_TYPES = {"u8": (0, 2**8), "i8": (-2**7, 2**7), "u16": (0, 2**16), "i16": (-2**15, 2**15), "u32": (0, 2**32),
+             "i32": (-2**31, 2**31), "u64": (0, 2**64), "i64": (-2**63, 2**63)}
+INT_EDGES = [0, 1, 2, 3, 4, -1, 127, 255, 299, 300, 301, 2**31 - 1, 2**32 - 1, 10**6, 2**40, 2**63 - 1, 2**64 - 1,
+             151643, 151669, 1 << 16]
+FLOAT_EDGES = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, -1.0, 1.0, 1e-6, 1e6, 5e6, 1e40, 3.0, 128.0]
+STRINGS = ["", "qwen3", "gpt2", "qwen2", "llama", "llama-bpe", "default", "abc", "1e6", "36", "x" * 300, "Ġ t", "a b",
+           "ünï ©ode", "[PAD0]"]
+
+
+def _typed_int(type_name: str, value: int) -> tuple[str, int]:
+    """`value` wrapped into the range of a GGUF integer type."""
+    low, high = INT_TYPES[type_name]
+    return type_name, low + (value - low) % (high - low)
+
+
+ints = st.builds(_typed_int, st.sampled_from(sorted(INT_TYPES)), st.sampled_from(INT_EDGES) | st.integers(-2**64, 2**64))
+floats = st.tuples(st.sampled_from(["f32", "f64"]), st.sampled_from(FLOAT_EDGES) | st.floats())
+texts = st.sampled_from(STRINGS) | st.text(st.characters(blacklist_categories=("Cs",)), max_size=16)
+scalar_values = ints | floats | texts | st.booleans()
+array_values = (st.builds(lambda t, v: (t, [_typed_int(t, x)[1] for x in v]), st.sampled_from(sorted(INT_TYPES)),
+                          st.lists(st.sampled_from(INT_EDGES) | st.integers(-2**40, 2**40), max_size=6))
+                | st.tuples(st.sampled_from(["f32", "f64"]), st.lists(st.sampled_from(FLOAT_EDGES), min_size=1, max_size=6))
+                | st.lists(texts, max_size=6) | st.lists(st.booleans(), min_size=1, max_size=6)
+                | st.lists(st.lists(texts, max_size=3), min_size=1, max_size=3))
+
+
+def _meta_qwen3_base() -> tuple[dict, dict]:
+    from zimage_turbo.fixtures.small_tokenizer import small_tokenizer_metadata
+    from zimage_turbo.fixtures.tiny_models import qwen3_gguf_metadata, qwen3_gguf_tensors
+    meta = {**qwen3_gguf_metadata(META_QWEN3), **small_tokenizer_metadata(META_QWEN3.vocab_size)}
+    return meta, qwen3_gguf_tensors(META_QWEN3, "F16", seed=11)
+
+
+_META_BASE, _META_TENSORS = _meta_qwen3_base()
+_BASE_TOKENS = _META_BASE["tokenizer.ggml.tokens"]
+
+
+@st.composite
+def derived_values(draw, key: str):
+    """Values built from the file's own: token lists, types and merges of other lengths or contents, ids and
+    counts next to the real ones."""
+    n = len(_BASE_TOKENS)
+    delta = draw(st.sampled_from([-n, -1, 1, 2, 1000]) | st.integers(-5, 5))
+    if key == "tokenizer.ggml.tokens":
+        tokens = list(_BASE_TOKENS[:max(0, n + delta)]) + ["extra"] * max(0, delta)
+        if tokens and draw(st.booleans()):
+            tokens[draw(st.integers(0, len(tokens) - 1))] = draw(texts)
+        return tokens
+    if key == "tokenizer.ggml.token_type":
+        kind = draw(st.sampled_from(["i32", "u8", "i64", "f32"]))
+        value = draw(st.sampled_from([1, 2, 3, 4, 5, 6, 0, 7, 255]))
+        return (kind, [float(value) if kind == "f32" else value] * max(0, n + delta))
+    if key == "tokenizer.ggml.merges":
+        merges = list(_META_BASE["tokenizer.ggml.merges"])
+        left = draw(st.sampled_from(_BASE_TOKENS) | texts)
+        right = draw(st.sampled_from(_BASE_TOKENS) | texts)
+        merges.insert(draw(st.integers(0, len(merges))), draw(st.sampled_from([f"{left} {right}", left, f"{left}  {right}"])))
+        return merges
+    base = _META_BASE.get(key, ("u32", 0))
+    base = base[1] if isinstance(base, tuple) else base
+    if isinstance(base, (int, float)) and not isinstance(base, bool):
+        kind = draw(st.sampled_from(["u32", "i32", "u64", "f32"]))
+        value = base + delta if kind != "f32" else float(base) * draw(st.sampled_from([1.0, -1.0, 0.5, 2.0]))
+        return _typed_int(kind, int(value)) if kind != "f32" else (kind, value)
+    return draw(texts)
+
+
+@st.composite
+def metadata_edits(draw):
+    """1-3 (key, value) edits of the keys the loader reads; DELETE removes the key."""
+    edits = []
+    for _ in range(draw(st.integers(1, 3))):
+        key = draw(st.sampled_from(QWEN3_READ_KEYS + TOKENIZER_READ_KEYS))
+        value = draw(st.sampled_from([DELETE]) | scalar_values | array_values | derived_values(key))
+        edits.append((key, value))
+    return edits
+
+
+_META_COUNTER = iter(range(1 << 62))
+
+
+def _write_meta_case(edits) -> Path:
+    meta = dict(_META_BASE)
+    for key, value in edits:
+        if value == DELETE:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    # a new name each case: the loader caches tokenizer checks per file version
+    path = _TMP / f"meta_{next(_META_COUNTER)}.gguf"
+    write_gguf(path, _META_TENSORS, meta)
+    return path
+
+
+def _te_metadata_pipeline(path: Path, policy: str) -> None:
+    """What the text-encoder loader does with a GGUF before ComfyUI builds the model."""
+    from zimage_turbo.loaders.text_encoder import choose_tokenizer, read_qwen3_gguf
+    gguf = read_qwen3_gguf(path)
+    tokenizer_class, _ = choose_tokenizer(path, gguf.metadata, gguf.config["hidden_size"], policy,
+                                          rows=gguf.config["vocab_size"], embedding=gguf.embedding_name)
+    assert tokenizer_class is not None
+
+
+@pytest.fixture(scope="module")
+def te_metadata_host(comfy_host):
+    """Imports and ComfyUI's bundled tokenizer warmed up; the unmutated base loads."""
+    from zimage_turbo.loaders.text_encoder import load_qwen3_text_encoder
+    path = _write_meta_case([])
+    try:
+        clip = load_qwen3_text_encoder(path)
+        assert max(t for t, _ in clip.tokenize("a cat")["qwen3_4b"][0]) < META_QWEN3.vocab_size
+    finally:
+        path.unlink()
+
+
+@META_FUZZ
+@given(edits=metadata_edits(), policy=st.sampled_from(["auto", "auto", "gguf", "strict", "bundled"]))
+def test_te_gguf_metadata_values(te_metadata_host, edits, policy):
+    try:
+        path = _write_meta_case(edits)
+    except (TypeError, ValueError, OverflowError):
+        return  # a value the GGUF format cannot hold (a mixed list): no file to check
+    try:
+        error = _run_case(lambda: _te_metadata_pipeline(path, policy), path.stat().st_size, (ModelFileError,))
+    finally:
+        path.unlink()
+    if error is not None:
+        assert str(error).startswith(f"{path.name}: expected "), str(error)
+
+
+FULL_META_VALUES = [DELETE, DELETE, ("u32", 0), ("u32", 3), ("u32", 4), ("u64", 2**40), ("f32", float("nan")),
+                    ("f32", 5e6), ("f64", 1e-5), ("f32", -1.0), "abc", "qwen2", ("u32", [1, 2]), [], ["x"], ("i32", 299),
+                    ("u32", 300), ("u32", 128)]
+
+
+def _full_meta_cases(n: int, seed: int) -> list[tuple[list, str]]:
+    """n deterministic (edits, tokenizer policy) cases: one or two keys the loader reads, each set to a value
+    (valid or not) from FULL_META_VALUES or derived from the file's own."""
+    rng = np.random.default_rng(seed)
+    keys = QWEN3_READ_KEYS + TOKENIZER_READ_KEYS
+    cases = []
+    for _ in range(n):
+        edits = []
+        for _ in range(int(rng.integers(1, 3))):
+            key = keys[int(rng.integers(len(keys)))]
+            if key == "tokenizer.ggml.tokens" and rng.random() < 0.5:
+                value = list(_BASE_TOKENS[: len(_BASE_TOKENS) + int(rng.integers(-2, 3))])
+            else:
+                value = FULL_META_VALUES[int(rng.integers(len(FULL_META_VALUES)))]
+            edits.append((key, value))
+        cases.append((edits, ["auto", "auto", "gguf", "strict", "bundled"][int(rng.integers(5))]))
+    return cases
+
+
+def test_te_gguf_metadata_values_through_the_full_loader(te_metadata_host):
+    """Mutated metadata through load_qwen3_text_encoder (ComfyUI model build included): a CLIP or ModelFileError."""
+    from zimage_turbo.loaders.text_encoder import load_qwen3_text_encoder
+    escaped, loaded = [], 0
+    for i, (edits, policy) in enumerate(_full_meta_cases(FULL_LOADS, seed=16)):
+        try:
+            path = _write_meta_case(edits)
+        except (TypeError, ValueError, OverflowError):
+            continue  # a value the GGUF format cannot hold
+        start = time.perf_counter()
+        try:
+            load_qwen3_text_encoder(path, tokenizer=policy)
+            loaded += 1
+        except ModelFileError as exc:
+            assert str(exc).startswith(path.name + ": expected ")
+        except Exception as exc:  # noqa: BLE001 - collected to report every escape at once
+            escaped.append(f"case {i} {edits!r:.200}: {type(exc).__name__}: {str(exc)[:300]}")
+        finally:
+            path.unlink()
+        assert time.perf_counter() - start < 5.0
+    assert not escaped, "\n".join(escaped)
+    assert loaded, "no mutated file loaded: the cases never reach the model build"
