@@ -110,10 +110,14 @@ def build_zimage_controlnet(sd: dict[str, torch.Tensor], path: str | os.PathLike
         raise ValueError(f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {weight_dtype!r}")
     check_zimage_controlnet(path, {k: logical_shape(v) for k, v in sd.items()})
     check_small_tensors_finite(sd, path)
+    scaled = not quantized and has_scaled_weights(sd, metadata)
+    if scaled:  # scales checked by the names in the file, before q/k/v are joined
+        require_comfy_quant_support(sd, path, EXPECTED, "the patch's bf16 file", metadata)
     try:
         sd = controlnet_to_comfy(sd)
-    except KeyError as exc:
-        raise ModelFileError(path, EXPECTED, f"a damaged patch ({exc.args[0]})", "Re-download the file.") from None
+    except (KeyError, RuntimeError) as exc:  # q/k/v missing, or parts that cannot be joined (e.g. their scales)
+        reason = exc.args[0] if isinstance(exc, KeyError) else str(exc).strip().splitlines()[-1][:200]
+        raise ModelFileError(path, EXPECTED, f"a damaged patch ({reason})", "Re-download the file.") from None
     shapes = {k: logical_shape(v) for k, v in sd.items()}
     problem = controlnet_problem(shapes)
     if problem:
@@ -128,8 +132,7 @@ def build_zimage_controlnet(sd: dict[str, torch.Tensor], path: str | os.PathLike
         densify_unowned(model, sd)
         patcher = QuantModelPatcher(model, load_device=load_device, offload_device=offload_device)
         assign = False
-    elif has_scaled_weights(sd, metadata):
-        require_comfy_quant_support(sd, path, EXPECTED, "the patch's bf16 file", metadata)
+    elif scaled:
         sd, ops, model_dtype = _host_scaled_fp8_ops(sd, metadata, load_device)
         model = zimage_control(device=offload_device, dtype=model_dtype, operations=ops, **config)
         patcher = host.new_model_patcher(model, load_device, offload_device)

@@ -14,7 +14,7 @@ from .dit_layouts import diffusers_to_comfy, is_diffusers_layout, shard_files, s
 from .dit_quant_formats import apply_quant_format, has_scaled_weights
 from .gguf_io import densify_unowned, is_gguf, logical_shape, read_gguf_state_dict
 from .safetensors_file import load_tensors, read_header
-from ..sampling.guards import add_caption_width_guard
+from ..sampling.guards import add_forward_guard
 from .nonfinite import check_small_tensors_finite
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def build_zimage_model(sd: dict[str, torch.Tensor], path: str | os.PathLike = "<
     if not mm.is_device_cpu(offload_device):
         model.to(offload_device)
     model.load_model_weights(sd, "", **({"assign": True} if host.patcher_assigns(patcher) else {}))
-    add_caption_width_guard(patcher, config["cap_feat_dim"])
+    add_forward_guard(patcher, path)
     log.info("Z-Image DiT %s: dim %d, %d layers, %d refiner layers, %d heads, weights %s, compute %s",
              os.path.basename(str(path)), config["dim"], config["n_layers"], config["n_refiner_layers"],
              config["n_heads"], unet_dtype, manual_cast_dtype or unet_dtype)

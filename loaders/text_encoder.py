@@ -31,6 +31,7 @@ from .keymaps import block_index, can_drop_last, map_qwen3_names, qwen3_layer_ke
 from .metadata import MetadataReader, describe_value
 from .nonfinite import check_small_tensors_finite
 from .safetensors_file import load_tensors, read_header
+from .text_encoder_guard import guarded_classes
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class _Target:
     """The (clip, tokenizer, params) triple `comfy.sd.CLIP` expects, for Z-Image."""
 
     def __init__(self, clip_class, tokenizer_class) -> None:
-        self.clip, self.tokenizer, self.params = clip_class, tokenizer_class, {}
+        (self.clip, self.tokenizer), self.params = guarded_classes(clip_class, tokenizer_class), {}
 
 
 # ----------------------------------------------------------------------------------------- the encoder

@@ -7,6 +7,7 @@ from .detect import classify, describe, loader_hint, strip_known_prefix
 from .errors import ModelFileError
 from .nonfinite import check_small_tensors_finite
 from .safetensors_file import load_tensors, read_header
+from .vae_guard import guard_vae
 
 EXPECTED = "a Flux VAE with 16 latent channels (e.g. ae.safetensors)"
 
@@ -25,4 +26,4 @@ def load_flux_vae(path: str | os.PathLike):
     check_small_tensors_finite(sd, path)
     vae = comfy.sd.VAE(sd=sd)  # the Flux VAE reads no metadata (the file's is untrusted and unused)
     vae.throw_exception_if_invalid()
-    return vae
+    return guard_vae(vae, path)

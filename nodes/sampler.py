@@ -5,7 +5,7 @@ import math
 
 from ..sampling.presets import CUSTOM, preset_names, resolve_preset
 from ..sampling.schedules import schedule_names
-from ..sampling.turbo import empty_latent, image_seeds, turbo_sample
+from ..sampling.turbo import checked_empty_latent, image_seeds, turbo_sample
 from .common import CATEGORY_SAMPLING
 
 MAX_RESOLUTION = 16384
@@ -15,12 +15,15 @@ class ZImageTurboSampler:
     """Sample Z-Image-Turbo: 8 steps, cfg 1 (no negative pass), flow shift 3, euler/simple."""
 
     DESCRIPTION = ("Samples a Z-Image latent with ComfyUI's own samplers. Without a latent input it starts "
-                   "from an empty width×height latent. At cfg 1 the negative prompt is never run.")
+                   "from an empty width×height latent. At cfg 1 the negative prompt is never run. A size "
+                   "whose activations cannot fit the free memory (VRAM; RAM on the CPU) is refused before "
+                   "anything is allocated, naming the largest size that fits.")
     CATEGORY = CATEGORY_SAMPLING
     RETURN_TYPES = ("LATENT", "STRING")
     RETURN_NAMES = ("LATENT", "seeds")
     OUTPUT_TOOLTIPS = ("The denoised latent, for VAEDecode.",
-                       "The seed of each image in the batch (image i uses seed + i), comma separated.")
+                       "The seed of each image in the batch (image i uses seed + i, wrapping from "
+                       "18446744073709551615 to 0), comma separated.")
     FUNCTION = "sample"
 
     @classmethod
@@ -38,7 +41,9 @@ class ZImageTurboSampler:
                                        "tooltip": "Images per run (used when no latent is connected)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                                  "tooltip": "Noise seed; the same seed and settings give the same image. "
-                                            "Image i of a batch uses seed + i, so any image can be re-made alone."}),
+                                            "Image i of a batch uses seed + i, so any image can be re-made alone; past "
+                                            "the largest seed (2^64-1) it wraps to 0, 1, … (the seeds output "
+                                            "lists them)."}),
                 "steps": ("INT", {"default": 8, "min": 1, "max": 100,
                                   "tooltip": "Network evaluations. Turbo is distilled for 8."}),
                 "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
@@ -83,7 +88,8 @@ class ZImageTurboSampler:
 
     def sample(self, model, positive, width, height, batch_size, seed, steps, cfg, shift, sampler_name, scheduler,
                denoise, negative=None, latent_image=None, preset=CUSTOM, variety=0.0, variety_until=0.3):
-        latent = latent_image if latent_image is not None else empty_latent(width, height, batch_size)
+        latent = latent_image if latent_image is not None else checked_empty_latent(model, positive, width, height,
+                                                                                    batch_size)
         settings = resolve_preset(preset, steps, cfg, shift, sampler_name, scheduler)
         if math.isclose(settings.cfg, 1.0):
             negative = None

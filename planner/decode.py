@@ -1,11 +1,17 @@
 """VAE decode that never runs out of memory: whole when it fits the free VRAM, else tiled with a tile size and
 overlap chosen from the planner's decode formula. Goes through ComfyUI's own `VAE.decode` / `VAE.decode_tiled`
-(which load the VAE through model management, unload other models as needed and report tile progress)."""
+(which load the VAE through model management, unload other models as needed and report tile progress).
+
+Each tile checks ComfyUI's interrupt flag before it decodes (a cancel takes effect before the next tile, not
+after the whole picture), and the decoded picture is checked for NaN/Inf (loaders/vae_guard.py)."""
 from __future__ import annotations
 
 import copy
 import logging
 
+from ..loaders import interrupt
+from ..loaders.vae_guard import guard_vae
+from ..sampling.limits import is_cpu_like, loaded_model_memory
 from .estimate import MIN_TILE, decode_reservation, pick_decode_tiles
 
 log = logging.getLogger(__name__)
@@ -17,18 +23,11 @@ def decode_budget(vae) -> int:
     import comfy.model_management as mm
     device = vae.device
     free = mm.get_free_memory(device)
-    if getattr(device, "type", str(device)) in ("cpu", "mps"):
+    if is_cpu_like(device):
         return int(free)
-    unloadable = 0
-    vae_loaded = 0
-    for loaded in list(mm.current_loaded_models):
-        if loaded.device != device:
-            continue
-        size = loaded.model_loaded_memory() if hasattr(loaded, "model_loaded_memory") else 0
-        if loaded.model is vae.patcher:
-            vae_loaded = size
-        else:
-            unloadable += size
+    held = loaded_model_memory(device)
+    vae_loaded = sum(size for model, size in held if model is vae.patcher)
+    unloadable = sum(size for _, size in held) - vae_loaded
     vae_size = vae.patcher.model_size() - vae_loaded
     return int(free + unloadable - mm.extra_reserved_memory() - vae_size)
 
@@ -46,11 +45,28 @@ def plan_decode(samples, vae, tile_size: int = 0, budget: int | None = None) -> 
     return pick_decode_tiles(w * compression, h * compression, available, ds, b)
 
 
+class InterruptibleDecoder:
+    """The VAE's first-stage model, whose `decode` (called once per tile by ComfyUI's tiled decode) first
+    checks the interrupt flag; every other attribute is the model's own."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def decode(self, *args, **kwargs):
+        interrupt.check_interrupted()
+        return self.model.decode(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+
 def reserving_vae(vae, tile: int | None = None):
     """A shallow copy of the VAE whose `memory_used_decode` is the planner's decode figure (measured peak
     ×1.3, per tile when tiling) instead of ComfyUI's 3.4× larger formula, which on a small card would unload
-    everything and stream the VAE's own weights. ComfyUI's OOM fallback to tiles stays in place."""
-    reserving = copy.copy(vae)
+    everything and stream the VAE's own weights. ComfyUI's OOM fallback to tiles stays in place. Its
+    decodes are interruptible per tile and checked for NaN/Inf (any VAE, not only the pack loader's)."""
+    reserving = guard_vae(copy.copy(vae))
+    reserving.first_stage_model = InterruptibleDecoder(vae.first_stage_model)
 
     def memory_used_decode(shape, dtype):
         h, w = shape[-2], shape[-1]

@@ -453,3 +453,32 @@ def test_tokenizer_library_errors_are_a_backstop(monkeypatch):
     monkeypatch.setattr(gguf_tokenizer, "_build", lambda data: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         gguf_tokenizer.check_gguf_tokenizer(metadata)
+
+
+@pytest.mark.parametrize("case", ["missing", "nan", "separate_qkv_scales"])
+def test_scaled_fp8_control_patch_scales(warm, tiny_paths, tmp_path, case):
+    """The ControlNet loader applies the same checks to a scaled-fp8 patch (hosts with the Z-Image ControlNet);
+    per-tensor scales of separate q/k/v (published layout) cannot be joined into one qkv: refused, not a crash."""
+    from zimage_turbo.loaders.controlnet import ControlNetHostError, controlnet_class, load_zimage_controlnet
+    from zimage_turbo.loaders.controlnet_layout import controlnet_to_comfy
+    from zimage_turbo.quant.convert import scaled_fp8_state_dict
+    try:
+        controlnet_class()
+    except ControlNetHostError as exc:
+        pytest.skip(f"this ComfyUI has no Z-Image Fun ControlNet: {exc}")
+    published = load_file(str(tiny_paths["model_patches"]))
+    if case == "separate_qkv_scales":
+        path = tmp_path / "patch_fp8.safetensors"
+        save_file(scaled_fp8_state_dict(published)[0], str(path))
+        assert str(_timed_error(load_zimage_controlnet, path)).startswith(f"{path.name}: expected ")
+        return
+    # as the quantize command writes a patch: ComfyUI layout (one qkv), then scaled fp8
+    sd, _ = scaled_fp8_state_dict(controlnet_to_comfy(published))
+    scale = next(k for k in sd if k.endswith(".scale_weight"))
+    if case == "missing":
+        del sd[scale]
+    else:
+        sd[scale] = torch.tensor(NAN)
+    path = tmp_path / "patch_fp8.safetensors"
+    save_file(sd, str(path))
+    _assert_names(_timed_error(load_zimage_controlnet, path), path, scale)
