@@ -10,10 +10,10 @@ from . import host
 from .config import infer_zimage_dit_config
 from .detect import PACK_LOADERS, classify, describe, loader_hint, strip_known_prefix
 from .errors import ModelFileError
-from .dit_layouts import diffusers_to_comfy, is_diffusers_layout, shard_files, shard_index_for
+from .dit_layouts import checkpoint_headers, diffusers_to_comfy, is_diffusers_layout
 from .dit_quant_formats import apply_quant_format, has_scaled_weights
 from .gguf_io import densify_unowned, is_gguf, logical_shape, read_gguf_state_dict
-from .safetensors_file import load_tensors, read_header
+from .safetensors_file import load_tensors
 from ..sampling.guards import add_forward_guard
 from .nonfinite import check_small_tensors_finite
 
@@ -150,8 +150,7 @@ def load_zimage_dit(path: str | os.PathLike, weight_dtype: str = "default"):
     """
     if is_gguf(path):
         return load_zimage_dit_gguf(path, weight_dtype)
-    index = shard_index_for(path)
-    headers = [read_header(p, expected=EXPECTED) for p in (shard_files(index) if index else [path])]
+    headers = checkpoint_headers(path, EXPECTED)  # the file, or every shard of the index that lists it
     all_shapes = {k: v for h in headers for k, v in h.shapes().items()}
     prefix, shapes = strip_known_prefix(all_shapes)
     check_zimage_dit(path, shapes)

@@ -85,10 +85,10 @@ class ModelFile:
 
 def _gguf_tensors(path: str) -> tuple[str | None, list[Tensor]]:
     from ..quant.gguf_reader import GGUFFile
-    from ..quant.types import get_quant_type
-    with GGUFFile(path) as g:
+    from ..quant.types import QUANT_TYPES
+    with GGUFFile(path) as g:  # only regular files; the reader refuses unknown type ids
         arch = g.metadata.get("general.architecture")
-        tensors = [Tensor(i.name, tuple(i.shape), get_quant_type(i.type_id).name, i.n_bytes) for i in g]
+        tensors = [Tensor(i.name, i.shape, QUANT_TYPES[i.type_id].name, i.n_bytes) for i in g]
     return (arch if isinstance(arch, str) else None), tensors
 
 

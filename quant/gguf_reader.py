@@ -1,31 +1,48 @@
-"""Fast, defensive GGUF reader: mmap + numpy, zero-copy tensor views.
+"""Fast, defensive GGUF reader: a read-only mmap + numpy, zero-copy tensor views.
 
 ``GGUFFile(path)`` parses the header, metadata and tensor infos of a GGUF v2/v3 little-endian file.
-Every count, length, offset, alignment and dimension is checked against the file size before it is
-used, so a damaged or hostile file raises :class:`GGUFError` (file name, byte offset, reason) instead of
-crashing, hanging or allocating absurd amounts. Arrays of strings (e.g. 151k tokenizer tokens) are parsed
-without a per-element Python loop: string starts are found by pointer doubling over a window of the file
-(see :func:`_string_starts`), and all strings are decoded with one ``bytes.decode``.
+Only regular files are opened (see :mod:`.regular_file`: no FIFO, directory or symlink loop). Every count,
+length, offset, alignment and dimension is checked against the file size before it is used, so a damaged or
+hostile file raises :class:`GGUFError` (file name, byte offset, reason) instead of crashing, hanging or
+allocating absurd amounts. Parsing is linear in the number of entries, and what it keeps is bounded by a small
+multiple of the file size: counts beyond the limits below (far above any model file) are refused, and arrays
+of strings (e.g. 151k tokenizer tokens) stay in the mapping as :class:`GGUFStringArray` (start offsets only),
+decoded on access. Their starts are found without a per-string Python loop (see :func:`_string_starts`) and
+their UTF-8 is checked at parse time in bounded pieces.
 
-Tensors come back as zero-copy views of the mapped bytes (:meth:`GGUFFile.tensor_bytes`), with the GGML
-type id and the logical shape in torch order (GGUF ``ne`` reversed).
+Tensors come back as zero-copy, read-only views of the mapped bytes (:meth:`GGUFFile.tensor_bytes`), with the
+GGML type id and the logical shape in torch order (GGUF ``ne`` reversed). The mapping is shared and
+read-only (no commit charge: a file larger than the machine's memory still opens).
 """
 from __future__ import annotations
 
+import codecs
+import contextlib
+import gc
+import math
 import mmap
 import os
 import struct
-from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+import warnings
+from collections.abc import Sequence
+from typing import Any, Iterator, NamedTuple, Optional
 
 import numpy as np
 import torch
+
+from .regular_file import open_regular_file
 
 GGUF_MAGIC = 0x46554747  # b"GGUF" little-endian
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_ARRAY_NESTING = 8
+# Limits far above any model file (the largest published GGUFs hold ~1 200 tensors and ~50 metadata keys, and
+# llama.cpp writes no nested arrays): beyond them a file is refused before its entries are stored.
+MAX_TENSORS = 1 << 17
+MAX_METADATA_KEYS = 1 << 16
+MAX_NESTED_ARRAYS = 1 << 16  # arrays inside arrays, in the whole file
+MAX_TRAILING_BYTES = 1 << 20  # bytes after the last tensor's data (writers pad to the alignment)
 
 # GGUF metadata value type -> (name, numpy dtype or None for string/array)
 _SCALAR_TYPES: dict[int, np.dtype] = {
@@ -37,7 +54,13 @@ T_BOOL, T_STRING, T_ARRAY = 7, 8, 9
 VALUE_TYPE_NAMES = {0: "u8", 1: "i8", 2: "u16", 3: "i16", 4: "u32", 5: "i32", 6: "f32", 7: "bool",
                     8: "str", 9: "array", 10: "u64", 11: "i64", 12: "f64"}
 
-_STRING_WINDOW = 1 << 20  # bytes scanned per pointer-doubling pass
+_STRING_WINDOW = 1 << 18  # bytes searched for string starts per pass
+_UTF8_PIECE = 1 << 18  # bytes of a string array checked as UTF-8 at a time
+_DECODE_CHUNK = 1 << 16  # strings decoded together by GGUFStringArray
+_U64 = struct.Struct("<Q").unpack_from
+_U32 = struct.Struct("<I").unpack_from
+_DIMS = [struct.Struct(f"<{n}Q").unpack_from for n in range(MAX_DIMS + 1)]
+_TYPE_AND_OFFSET = struct.Struct("<IQ").unpack_from
 
 
 class GGUFError(ValueError):
@@ -48,8 +71,8 @@ class GGUFError(ValueError):
         super().__init__(f"{os.path.basename(path)}: at byte {offset}: {message}")
 
 
-@dataclass(frozen=True)
-class GGUFTensorInfo:
+class GGUFTensorInfo(NamedTuple):
+    """Where one tensor's bytes are and what they hold (immutable; a tuple, so 100 000 of them are cheap)."""
     name: str
     type_id: int
     shape: tuple[int, ...]  # torch order (GGUF ne reversed)
@@ -61,6 +84,61 @@ class GGUFTensorInfo:
         from .types import QUANT_TYPES
         qt = QUANT_TYPES.get(self.type_id)
         return qt.name if qt else f"type{self.type_id}"
+
+
+class GGUFStringArray(Sequence):
+    """A GGUF array of strings, kept in the mapped file and decoded on access (``tolist()`` decodes all).
+
+    Holds a view of the strings' bytes (so the mapping outlives :meth:`GGUFFile.close` while the array is
+    referenced) and the start of each string; the UTF-8 was checked when the file was parsed.
+    """
+
+    __slots__ = ("_region", "_starts")
+
+    def __init__(self, region: np.ndarray, starts: np.ndarray) -> None:
+        self._region, self._starts = region, starts  # starts: offsets of the u64 length prefixes in region
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def _end(self, i: int) -> int:
+        return int(self._starts[i + 1]) if i + 1 < len(self._starts) else len(self._region)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        n = len(self)
+        i = index + n if index < 0 else index
+        if not 0 <= i < n:
+            raise IndexError(f"string array index {index} out of range ({n} entries)")
+        return self._region[int(self._starts[i]) + 8:self._end(i)].tobytes().decode("utf-8")
+
+    def _chunk(self, first: int, stop: int) -> list[str]:
+        base = int(self._starts[first])
+        raw = self._region[base:self._end(stop - 1)].tobytes()
+        bounds = (self._starts[first:stop].astype(np.int64) - base).tolist() + [len(raw)]
+        return [raw[a + 8:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def __iter__(self) -> Iterator[str]:
+        for first in range(0, len(self), _DECODE_CHUNK):
+            yield from self._chunk(first, min(len(self), first + _DECODE_CHUNK))
+
+    def __contains__(self, value: object) -> bool:
+        return any(value == s for s in self)
+
+    def tolist(self) -> list[str]:
+        return list(self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, (GGUFStringArray, list, tuple)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        head = ", ".join(repr(self[i]) for i in range(min(3, len(self))))
+        return f"GGUFStringArray([{head}{', …' if len(self) > 3 else ''}], {len(self)} strings)"
 
 
 class _Cursor:
@@ -102,64 +180,122 @@ class _Cursor:
             raise self.fail(f"{what} is not valid UTF-8 ({e.reason})", start) from None
 
 
-def _string_starts(buf: np.ndarray, pos: int, count: int, path: str) -> np.ndarray:
-    """Offsets of ``count`` consecutive GGUF strings (u64 length + bytes) starting at ``pos``.
-
-    Vectorised: within a window of W bytes, ``nxt[p] = p + 8 + len_at(p)`` is built for every byte
-    position, then the chain from ``pos`` is enumerated by doubling (positions 1, 2, 4, ... steps ahead
-    from the jump tables ``nxt^(2^k)``), O(W log W) numpy work per window and no per-string Python code.
-    Each window yields at least one string, so the loop is bounded by ``count`` and by file size / W.
-    """
+def _u64_at_every_byte(buf: np.ndarray, pos: int, width: int) -> np.ndarray:
+    """The little-endian u64 starting at each of the byte positions pos .. pos+width-1 (bytes past the end of
+    the file read as 0xFF, i.e. as an impossible length)."""
     size = len(buf)
-    starts: list[np.ndarray] = []
+    pad = np.full(width + 16, 0xFF, dtype=np.uint8)
+    avail = min(size - pos, width + 16)
+    pad[:avail] = buf[pos:pos + avail]
+    out = np.empty(width, dtype=np.uint64)
+    for r in range(8):  # the u64s at positions r, r+8, r+16 ... are one unaligned view each
+        n = len(range(r, width, 8))
+        out[r::8] = pad[r:r + 8 * n].view("<u8")
+    return out
+
+
+def _string_starts(buf: np.ndarray, pos: int, count: int, path: str) -> tuple[np.ndarray, int]:
+    """(offsets from ``pos`` of ``count`` consecutive GGUF strings (u64 length + bytes), end of the last one).
+
+    Vectorised: within a window of W bytes, ``nxt[p] = p + 8 + len_at(p)`` is built for the positions whose
+    string would end inside the window (few besides the real starts: a length is a small number only where
+    its high bytes are zero), and the chain from the window's first string is enumerated by pointer doubling
+    over those positions: O(n log n) numpy work for the n candidates, no per-string Python code. A string that
+    ends past the window ends the window's chain; the next window starts after it. Each window yields at
+    least one string, so the loop is bounded by ``count``.
+    """
+    size, base = len(buf), pos
+    out = np.empty(count, dtype=np.uint32 if size - base < 1 << 32 else np.int64)
     found = 0
     while found < count:
         if pos + 8 > size:
             raise GGUFError(path, pos, f"string array truncated: {count - found} of {count} strings missing")
-        w_end = min(size, pos + _STRING_WINDOW)
-        W = w_end - pos
-        # u64 length at every byte position p in [pos, w_end) (bytes past the file read as 0xFF -> invalid)
-        pad = np.full(W + 8, 0xFF, dtype=np.uint8)
-        avail = min(size, w_end + 8) - pos
-        pad[:avail] = buf[pos:pos + avail]
-        lens = np.zeros(W, dtype=np.uint64)
-        for b in range(8):
-            lens |= pad[b:b + W].astype(np.uint64) << np.uint64(8 * b)
-        sentinel = W  # "left the window"
-        ok = lens <= np.uint64(W)
-        nxt = np.where(ok, np.arange(W, dtype=np.int64) + 8 + np.minimum(lens, W).astype(np.int64), sentinel)
-        nxt = np.minimum(nxt, sentinel)
-        # strings whose end passes the window (or the file) end the chain; keep the jump table closed
-        jump = np.append(nxt, sentinel)
-        chain = np.zeros(1, dtype=np.int64)  # relative positions reached, in order
+        width = min(size - pos, _STRING_WINDOW)
+        lens = _u64_at_every_byte(buf, pos, width)
+        cand = np.flatnonzero(lens <= np.uint64(width))
+        nxt = cand + 8 + lens[cand].astype(np.int64)
+        keep = nxt <= width
+        cand, nxt = cand[keep], nxt[keep]
         want = count - found
-        while len(chain) < want:
-            tail = jump[chain]
-            tail = tail[tail < sentinel]
-            if len(tail) == 0:
-                break
-            chain = np.concatenate([chain, tail[: want - len(chain)]])
-            jump = jump[jump]
-        # each step of the doubling above appends the positions len(chain)..2*len(chain)-1 ahead; since
-        # jump maps sentinel to itself, truncation at the first sentinel keeps the list a valid prefix.
-        chain = chain[:want]
-        last = int(chain[-1])
-        if pos + last + 8 > size:
-            raise GGUFError(path, pos + last, "string length truncated by end of file")
-        end = pos + last + 8 + int(lens[last])
-        if end > size:
-            raise GGUFError(path, pos + last, f"string of {int(lens[last])} bytes runs past end of file ({size} bytes)")
-        starts.append(chain + pos)
-        found += len(chain)
-        pos = end
-    return np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+        if len(cand) and cand[0] == 0:
+            none = len(cand)  # candidate index meaning "no further candidate"
+            index = np.full(width + 1, none, dtype=np.int32)  # byte position -> candidate index
+            index[cand] = np.arange(none, dtype=np.int32)
+            jump = np.append(index[nxt], np.int32(none))
+            chain = np.zeros(1, dtype=np.int32)  # candidate indices reached, in order
+            while len(chain) < want:
+                tail = jump[chain]
+                tail = tail[tail < none]
+                if len(tail) == 0:
+                    break
+                chain = np.concatenate([chain, tail[: want - len(chain)]])
+                jump = jump[jump]
+            # step k appends the positions 2^k .. 2^(k+1)-1 ahead; "no further" maps to itself, so dropping it
+            # keeps a prefix of the chain
+            starts = cand[chain]
+            end = int(nxt[chain[-1]])
+            if len(starts) < want and end < width:  # the next string starts here but ends past the window
+                starts = np.append(starts, end)
+                end = end + 8 + int(lens[end])
+        else:  # the first string itself ends past the window
+            starts, end = np.zeros(1, dtype=np.int64), 8 + int(lens[0])
+        if pos + end > size:
+            last = pos + int(starts[-1])
+            raise GGUFError(path, last, f"string of {end - 8 - int(starts[-1])} bytes runs past end of file "
+                                        f"({size} bytes)")
+        out[found:found + len(starts)] = starts + (pos - base)
+        found += len(starts)
+        pos += end
+    return out, pos
+
+
+def _utf8_problem(buf: np.ndarray, base: int, starts: np.ndarray, end: int) -> Optional[tuple[int, str]]:
+    """(index, reason) of the first string that is not valid UTF-8 on its own, or None.
+
+    The strings are checked together, in pieces of bounded size, length prefixes included: a prefix whose bytes
+    are all ASCII (any length below 128 in each byte) separates its neighbours like a space would, others are
+    blanked to spaces in a copy of the piece. A character cut by a string boundary then fails too, as it must.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    total, n = end - base, len(starts)
+    for a in range(0, total, _UTF8_PIECE):
+        b = min(total, a + _UTF8_PIECE)
+        piece = buf[base + a:base + b]
+        lo, hi = int(np.searchsorted(starts, max(0, a - 7))), int(np.searchsorted(starts, b))
+        own = starts[lo:hi].astype(np.int64)
+        following = np.append(starts[lo + 1:hi + 1].astype(np.int64), total) if hi == n else \
+            starts[lo + 1:hi + 1].astype(np.int64)
+        wide = ((following - own - 8).astype(np.uint64) & np.uint64(0x8080808080808080)) != 0
+        if wide.any():
+            prefix = (own[wide, None] - a + np.arange(8)).ravel()
+            piece = piece.copy()
+            piece[prefix[(prefix >= 0) & (prefix < b - a)]] = 0x20
+        try:
+            decoder.decode(memoryview(piece), b == total)
+        except UnicodeDecodeError as exc:
+            return _first_bad_string(buf, base, starts, total, max(0, a - 4), b), exc.reason
+    return None
+
+
+def _first_bad_string(buf: np.ndarray, base: int, starts: np.ndarray, total: int, a: int, b: int) -> int:
+    """Index of the first string overlapping bytes [a, b) of the array that does not decode alone."""
+    first = max(0, int(np.searchsorted(starts, a, side="right")) - 1)
+    for i in range(first, int(np.searchsorted(starts, b))):
+        stop = int(starts[i + 1]) if i + 1 < len(starts) else total
+        try:
+            buf[base + int(starts[i]) + 8:base + stop].tobytes().decode("utf-8")
+        except UnicodeDecodeError:
+            return i
+    return first
 
 
 class GGUFFile:
     """A parsed GGUF file; use as a context manager or call :meth:`close`.
 
     ``metadata``: key -> value (str, int, float, bool; numeric arrays as numpy arrays; string arrays as
-    lists of str; nested arrays as lists). ``tensors``: name -> :class:`GGUFTensorInfo` in file order.
+    :class:`GGUFStringArray`; nested arrays as lists). ``tensors``: name -> :class:`GGUFTensorInfo` in file
+    order. Raises :class:`GGUFError` for a malformed file and :class:`~.regular_file.NotARegularFile` (an
+    ``OSError``) for a path that is no regular file.
     """
 
     def __init__(self, path: "str | os.PathLike[str]"):
@@ -168,16 +304,18 @@ class GGUFFile:
         self.metadata_types: dict[str, str] = {}
         self.tensors: dict[str, GGUFTensorInfo] = {}
         self._mm: Optional[mmap.mmap] = None
-        with open(self.path, "rb") as f:
+        self._nested_left = MAX_NESTED_ARRAYS
+        with open_regular_file(self.path) as f:
             size = os.fstat(f.fileno()).st_size
             if size < 24:
                 raise GGUFError(self.path, 0, f"file too small for a GGUF header ({size} bytes)")
-            # ACCESS_COPY: writable private mapping, so torch.frombuffer needs no copy and never writes the file
-            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            # read-only and shared: no commit charge for the file's size, and nothing can write the file
+            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self.file_size = size
         self._buf = np.frombuffer(self._mm, dtype=np.uint8)
         try:
-            self._parse()
+            with _gc_paused():
+                self._parse()
         except Exception:
             self.close()
             raise
@@ -203,6 +341,12 @@ class GGUFFile:
             raise GGUFError(self.path, 16, f"metadata count {n_kv} cannot fit in {remaining} remaining bytes")
         if n_tensors * 24 > remaining:
             raise GGUFError(self.path, 8, f"tensor count {n_tensors} cannot fit in {remaining} remaining bytes")
+        if n_kv > MAX_METADATA_KEYS:
+            raise GGUFError(self.path, 16, f"{n_kv} metadata keys (this reader accepts at most {MAX_METADATA_KEYS}; "
+                                           "model files have a few dozen)")
+        if n_tensors > MAX_TENSORS:
+            raise GGUFError(self.path, 8, f"{n_tensors} tensors (this reader accepts at most {MAX_TENSORS}; model "
+                                          "files have a few thousand at most)")
         for _ in range(n_kv):
             at = c.pos
             key = c.string("metadata key")
@@ -218,33 +362,57 @@ class GGUFFile:
                     or alignment <= 0 or alignment & (alignment - 1)):
                 raise GGUFError(self.path, c.pos, f"general.alignment must be a power-of-two u32, got {alignment!r}")
         self.alignment = alignment
-        infos = []
-        for _ in range(n_tensors):
-            at = c.pos
-            name = c.string("tensor name")
-            n_dims = c.u32(f"n_dims of {name!r}")
-            if n_dims > MAX_DIMS:
-                raise GGUFError(self.path, c.pos - 4, f"tensor {name!r} has {n_dims} dims (max {MAX_DIMS})")
-            c.need(8 * n_dims, f"dims of {name!r}")
-            ne = [int(v) for v in struct.unpack_from(f"<{n_dims}Q", self._mm, c.pos)]
-            c.pos += 8 * n_dims
-            type_id = c.u32(f"type of {name!r}")
-            offset = c.u64(f"data offset of {name!r}")
-            if name in self.tensors or any(i[0] == name for i in infos):
-                raise GGUFError(self.path, at, f"duplicate tensor name {name!r}")
-            infos.append((name, ne, type_id, offset, at))
+        infos_at = c.pos
+        c.pos = self._tensor_infos_end(infos_at, n_tensors)
         self.data_offset = -(-c.pos // alignment) * alignment
-        data_size = self.file_size - self.data_offset
+        self._read_tensor_infos(infos_at, n_tensors)
+
+    def _tensor_infos_end(self, pos: int, n_tensors: int) -> int:
+        """Where the tensor infos end (their lengths only: the data section starts at the next alignment)."""
+        mm, size, at = self._mm, self.file_size, pos
+        try:
+            for _ in range(n_tensors):
+                at = pos
+                (n,) = _U64(mm, pos)
+                if n > size:
+                    raise GGUFError(self.path, at, f"tensor name of {n} bytes runs past end of file ({size} bytes)")
+                (n_dims,) = _U32(mm, pos + 8 + n)
+                if n_dims > MAX_DIMS:
+                    raise GGUFError(self.path, pos + 8 + n, f"tensor info with {n_dims} dims (max {MAX_DIMS})")
+                pos += 8 + n + 4 + 8 * n_dims + 12
+        except struct.error:
+            raise GGUFError(self.path, at, f"tensor info truncated by end of file ({size} bytes)") from None
+        if pos > size:
+            raise GGUFError(self.path, at, f"tensor info truncated by end of file ({size} bytes)")
+        return pos
+
+    def _read_tensor_infos(self, pos: int, n_tensors: int) -> None:
+        """Read, check and store each tensor info (type, shape, data range, no duplicate name) in one pass."""
         from .types import QUANT_TYPES
-        for name, ne, type_id, offset, at in infos:
+        mm, alignment, data_offset, tensors = self._mm, self.alignment, self.data_offset, self.tensors
+        data_size = self.file_size - data_offset
+        data_end = 0
+        for _ in range(n_tensors):
+            at = pos
+            (n,) = _U64(mm, pos)
+            pos += 8 + n
+            try:
+                name = mm[at + 8:pos].decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise GGUFError(self.path, at, f"tensor name is not valid UTF-8 ({e.reason})") from None
+            (n_dims,) = _U32(mm, pos)
+            ne = _DIMS[n_dims](mm, pos + 4)
+            pos += 4 + 8 * n_dims
+            type_id, offset = _TYPE_AND_OFFSET(mm, pos)
+            pos += 12
+            if name in tensors:
+                raise GGUFError(self.path, at, f"duplicate tensor name {name!r}")
             qt = QUANT_TYPES.get(type_id)
             if qt is None:
                 raise GGUFError(self.path, at, f"tensor {name!r} has unknown GGML type id {type_id}")
-            numel = 1
-            for d in ne:
-                if d >= 1 << 62:
-                    raise GGUFError(self.path, at, f"tensor {name!r} has absurd dimension {d}")
-                numel *= d
+            numel = math.prod(ne)
+            if numel == 0 and math.prod(d or 1 for d in ne) >= 1 << 62:  # torch cannot describe such a shape
+                raise GGUFError(self.path, at, f"tensor {name!r} has absurd dimensions {list(ne)}")
             if ne and ne[0] % qt.block_size:
                 raise GGUFError(self.path, at, f"tensor {name!r}: row length {ne[0]} is not a multiple of "
                                                f"{qt.name} block size {qt.block_size}")
@@ -254,7 +422,14 @@ class GGUFFile:
             if n_bytes > data_size or offset > data_size - n_bytes:
                 raise GGUFError(self.path, at, f"tensor {name!r}: data [{offset}, {offset + n_bytes}) past the end "
                                                f"of the data section ({max(0, data_size)} bytes)")
-            self.tensors[name] = GGUFTensorInfo(name, type_id, tuple(reversed(ne)), self.data_offset + offset, n_bytes)
+            if offset + n_bytes > data_end:
+                data_end = offset + n_bytes
+            tensors[name] = GGUFTensorInfo(name, type_id, ne[::-1] if n_dims > 1 else ne, data_offset + offset,
+                                           n_bytes)
+        if data_size - data_end > MAX_TRAILING_BYTES:
+            raise GGUFError(self.path, data_offset + data_end,
+                            f"{data_size - data_end} bytes after the end of the tensor data (the file has "
+                            f"{self.file_size} bytes; at most {MAX_TRAILING_BYTES} bytes of padding are accepted)")
 
     @staticmethod
     def _type_name(vtype: int) -> str:
@@ -294,46 +469,25 @@ class GGUFFile:
         if etype == T_ARRAY:
             if count * 12 > remaining:
                 raise c.fail(f"nested array {key!r} of {count} entries runs past end of file", at)
+            if count > self._nested_left:
+                raise c.fail(f"metadata {key!r}: more than {MAX_NESTED_ARRAYS} arrays inside arrays in the file "
+                             "(model files have none)", at)
+            self._nested_left -= count
             return [self._array(c, key, depth + 1) for _ in range(count)]
         raise c.fail(f"array {key!r} has unknown element type {etype}", at - 4)
 
-    def _string_array(self, c: _Cursor, key: str, count: int) -> list[str]:
+    def _string_array(self, c: _Cursor, key: str, count: int) -> GGUFStringArray:
+        base = c.pos
         if count == 0:
-            return []
-        starts = _string_starts(self._buf, c.pos, count, self.path)
-        lens = np.zeros(len(starts), dtype=np.int64)
-        for b in range(8):
-            lens |= self._buf[starts + b].astype(np.int64) << (8 * b)
-        begin = starts + 8
-        end = begin + lens
-        c.pos = int(end[-1])
-        # gather all string bytes into one buffer (mask out the length prefixes) and decode once
-        base = int(starts[0])
-        region = self._buf[base:c.pos]
-        keep = np.ones(len(region), dtype=bool)
-        keep[(starts - base)[:, None] + np.arange(8)] = False
-        data = region[keep]
-        try:
-            text = data.tobytes().decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
-        if text is not None:
-            # characters per string = bytes - utf-8 continuation bytes
-            byte_end = np.cumsum(lens)
-            cont = np.flatnonzero((data & 0xC0) == 0x80)
-            n_cont = np.bincount(np.searchsorted(byte_end, cont, side="right"), minlength=len(lens))[: len(lens)]
-            ch_end = np.cumsum(lens - n_cont).tolist()
-            if ch_end[-1] == len(text):
-                ch_start = [0] + ch_end[:-1]
-                return [text[a:b] for a, b in zip(ch_start, ch_end)]
-        # some entry is not valid UTF-8 on its own: decode one by one to report which
-        out = []
-        for i, (a, b) in enumerate(zip(begin.tolist(), end.tolist())):
-            try:
-                out.append(self._mm[a:b].decode("utf-8"))
-            except UnicodeDecodeError as e:
-                raise c.fail(f"entry {i} of string array {key!r} is not valid UTF-8 ({e.reason})", a) from None
-        return out
+            return GGUFStringArray(self._buf[base:base], np.zeros(0, dtype=np.uint32))
+        starts, end = _string_starts(self._buf, base, count, self.path)
+        problem = _utf8_problem(self._buf, base, starts, end)
+        if problem is not None:
+            index, reason = problem
+            raise c.fail(f"entry {index} of string array {key!r} is not valid UTF-8 ({reason})",
+                         base + int(starts[index]))
+        c.pos = end
+        return GGUFStringArray(self._buf[base:end], starts)
 
     # ---------------------------------------------------------------------------------------- access
     def __enter__(self) -> "GGUFFile":
@@ -343,7 +497,7 @@ class GGUFFile:
         self.close()
 
     def close(self) -> None:
-        """Drop the mapping; tensors already returned keep it alive until they are freed."""
+        """Drop the mapping; tensors and string arrays already returned keep it alive until they are freed."""
         mm, self._mm = self._mm, None
         self._buf = None  # type: ignore[assignment]
         if mm is not None:
@@ -351,6 +505,10 @@ class GGUFFile:
                 mm.close()
             except BufferError:
                 pass  # views are still alive; the mapping goes when they do
+
+    @property
+    def closed(self) -> bool:
+        return self._mm is None
 
     def _require_open(self) -> mmap.mmap:
         if self._mm is None:
@@ -370,22 +528,47 @@ class GGUFFile:
             raise KeyError(f"{os.path.basename(self.path)} has no tensor {name!r}") from None
 
     def tensor_numpy(self, name: str) -> np.ndarray:
-        """Zero-copy uint8 numpy view of a tensor's raw bytes."""
+        """Zero-copy, read-only uint8 numpy view of a tensor's raw bytes."""
         ti = self.info(name)
         self._require_open()
         return self._buf[ti.offset:ti.offset + ti.n_bytes]
 
     def tensor_bytes(self, name: str) -> torch.Tensor:
-        """Zero-copy uint8 torch view of a tensor's raw bytes (valid while referenced)."""
-        # via numpy: the array holds a buffer export on the mmap, so close() cannot unmap memory that a
-        # live tensor still points at (torch.frombuffer alone would not prevent that)
-        return torch.from_numpy(self.tensor_numpy(name))
+        """Zero-copy uint8 torch view of a tensor's raw bytes (valid while referenced; never write to it)."""
+        return readonly_tensor(self.tensor_numpy(name))
 
     def load(self, name: str) -> "Any":
         """The tensor as a :class:`~.tensor.QuantizedTensor` over the mapped bytes (no copy)."""
         from .tensor import QuantizedTensor
         ti = self.info(name)
         return QuantizedTensor.from_raw(self.tensor_bytes(name), ti.type_id, ti.shape, tensor_name=name)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while parsing: a parse creates a few objects per tensor, none in a
+    cycle, and the collections they would trigger in a process holding torch cost more than the parse itself."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def readonly_tensor(view: np.ndarray) -> torch.Tensor:
+    """A torch uint8 tensor over a read-only numpy view of the mapping, without copying.
+
+    torch keeps the numpy array alive, and the array holds a buffer export on the mmap, so the mapping cannot
+    be closed under the tensor. torch warns (once) that it does not support read-only memory: the pack never
+    writes to loaded weights, so that warning is silenced here, in this one place.
+    """
+    if view.size == 0:
+        return torch.empty(0, dtype=torch.uint8)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
+        return torch.frombuffer(view, dtype=torch.uint8)
 
 
 def read_gguf(path: "str | os.PathLike[str]") -> GGUFFile:

@@ -189,3 +189,115 @@ def test_writer_refuses_overwrite_and_cleans_up(tmp_path):
     with pytest.raises(ValueError):
         write_gguf(str(tmp_path / "bad.gguf"), {"w": (np.zeros(3, np.uint8), "Q8_0", (32,))}, {})
     assert sorted(os.listdir(tmp_path)) == ["o.gguf"]
+
+
+def _sequential_strings(raw: bytes, pos: int, count: int) -> list[str]:
+    """Reference: the strings of a GGUF string array read one by one."""
+    out = []
+    for _ in range(count):
+        (n,) = struct.unpack_from("<Q", raw, pos)
+        out.append(raw[pos + 8:pos + 8 + n].decode("utf-8"))
+        pos += 8 + n
+    return out
+
+
+@pytest.mark.parametrize("window", [16, 64, 300, 1 << 18])
+def test_string_starts_match_a_sequential_read(tmp_path, monkeypatch, window):
+    """Lengths that look like other strings' starts (zero bytes, 'a' = 97, lengths past 128 and past the window):
+    the vectorised search finds exactly the sequential chain, across windows and UTF-8 pieces."""
+    from zimage_turbo.quant import gguf_reader
+    monkeypatch.setattr(gguf_reader, "_STRING_WINDOW", window)
+    monkeypatch.setattr(gguf_reader, "_UTF8_PIECE", 40)
+    rng = np.random.default_rng(window)
+    alphabet = ["\x00", "\x01", "a", "é", "你", "🙂", "\x08", " "]
+    toks = ["".join(rng.choice(alphabet, size=n)) for n in rng.choice([0, 1, 7, 8, 9, 97, 130, 400], size=300)]
+    p = str(tmp_path / "s.gguf")
+    write_gguf(p, {}, {"t": toks})
+    raw = open(p, "rb").read()
+    start = raw.index(b"t" + struct.pack("<IIQ", 9, 8, len(toks))) + 1 + 16
+    assert _sequential_strings(raw, start, len(toks)) == toks
+    with GGUFFile(p) as g:
+        got = g.metadata["t"]
+        assert got == toks and got.tolist() == toks and list(got) == toks
+        assert [got[i] for i in (0, -1, 150)] == [toks[0], toks[-1], toks[150]] and got[5:9] == toks[5:9]
+
+
+def test_string_array_is_lazy_and_outlives_close(tmp_path):
+    from zimage_turbo.quant.gguf_reader import GGUFStringArray
+    p = str(tmp_path / "lazy.gguf")
+    toks = [f"tok{i}" for i in range(1000)]
+    write_gguf(p, {}, {"t": toks, "empty": ("str", [])})
+    g = GGUFFile(p)
+    got, empty = g.metadata["t"], g.metadata["empty"]
+    g.close()
+    assert isinstance(got, GGUFStringArray) and len(got) == 1000 and got[999] == "tok999"  # mapping still there
+    assert len(empty) == 0 and empty == [] and list(empty) == []
+    assert got != toks[:-1] and got != ["x"] * 1000 and got != "tok0"
+    assert repr(got).startswith("GGUFStringArray(['tok0', 'tok1', 'tok2', …], 1000 strings")
+    with pytest.raises(IndexError):
+        got[1000]
+
+
+@pytest.mark.parametrize("pair, entry", [((b"a\xc3", b"\xa9b"), 0),  # one character cut in two by the boundary
+                                         ((b"ok", b"\xa9" + b"x" * 140), 1),  # 140-byte entry: high length byte
+                                         ((b"x" * 200, b"y" * 199 + b"\xff"), 1)])
+def test_each_string_must_be_utf8_on_its_own(tmp_path, pair, entry):
+    p = str(tmp_path / "cut.gguf")
+    body = b"".join(struct.pack("<Q", len(s)) + s for s in pair)
+    data = struct.pack("<IIQQ", 0x46554747, 3, 0, 1) + struct.pack("<Q", 1) + b"t" + struct.pack("<IIQ", 9, 8, 2) + body
+    with open(p, "wb") as f:
+        f.write(data + b"\0" * (-len(data) % 32))
+    with pytest.raises(GGUFError, match=f"entry {entry} of string array 't' is not valid UTF-8"):
+        GGUFFile(p)
+
+
+def test_mapping_is_read_only_and_views_stay_valid(tmp_path):
+    p = str(tmp_path / "ro.gguf")
+    write_gguf(p, {"w": (torch.randn(4, 32), "Q8_0"), "e": (np.zeros(0, np.float32), "F32", (0, 32))}, {})
+    with GGUFFile(p) as g:
+        assert not g.tensor_numpy("w").flags.writeable
+        t, empty = g.tensor_bytes("w"), g.tensor_bytes("e")
+        assert empty.numel() == 0 and g.tensors["e"].shape == (0, 32)
+    assert g.closed and t.numpy().tobytes() == open(p, "rb").read()[g.tensors["w"].offset:][:t.numel()]
+
+
+def test_trailing_bytes_beyond_padding_are_refused(tmp_path):
+    from zimage_turbo.quant.gguf_reader import MAX_TRAILING_BYTES
+    p = str(tmp_path / "t.gguf")
+    write_gguf(p, {"w": (torch.randn(2, 32), "Q8_0")}, {})
+    raw = open(p, "rb").read()
+    with GGUFFile(p) as g:
+        end = g.tensors["w"].offset + g.tensors["w"].n_bytes
+    GGUFFile(_patched(tmp_path, raw + b"\0" * 4096, "padded.gguf")).close()
+    trailing = len(raw) + MAX_TRAILING_BYTES + 1 - end
+    with pytest.raises(GGUFError, match=f"at byte {end}: {trailing} bytes after the end of the tensor data"):
+        GGUFFile(_patched(tmp_path, raw + b"\0" * (MAX_TRAILING_BYTES + 1), "long.gguf"))
+
+
+def test_counts_beyond_any_model_file_are_refused(tmp_path):
+    from zimage_turbo.quant.gguf_reader import MAX_METADATA_KEYS, MAX_NESTED_ARRAYS
+    n = MAX_NESTED_ARRAYS + 1
+    nested = struct.pack("<Q", 1) + b"n" + struct.pack("<IIQ", 9, 9, n) + struct.pack("<IQ", 4, 0) * n
+    head = struct.pack("<IIQQ", 0x46554747, 3, 0, 1)
+    with pytest.raises(GGUFError, match=f"more than {MAX_NESTED_ARRAYS} arrays inside arrays"):
+        GGUFFile(_patched(tmp_path, head + nested, "nested.gguf"))
+    kvs = MAX_METADATA_KEYS + 1
+    with pytest.raises(GGUFError, match=f"{kvs} metadata keys .*at most {MAX_METADATA_KEYS}"):
+        GGUFFile(_patched(tmp_path, struct.pack("<IIQQ", 0x46554747, 3, 0, kvs) + b"\0" * (13 * kvs), "kv.gguf"))
+
+
+def test_an_empty_tensor_with_huge_sizes_is_refused(tmp_path):
+    """[2^40, 2^40, 0] holds no bytes, but torch cannot multiply its sizes (integer multiplication overflow)."""
+    info = struct.pack("<Q", 1) + b"e" + struct.pack("<I3QIQ", 3, 0, 2**40, 2**40, 0, 0)
+    data = struct.pack("<IIQQ", 0x46554747, 3, 1, 0) + info
+    with pytest.raises(GGUFError, match=r"tensor 'e' has absurd dimensions \[0, 1099511627776, 1099511627776\]"):
+        GGUFFile(_patched(tmp_path, data + b"\0" * (-len(data) % 32), "e.gguf"))
+
+
+def test_only_regular_files_are_opened(tmp_path):
+    from zimage_turbo.quant.regular_file import NotARegularFile
+    os.mkfifo(tmp_path / "pipe.gguf")
+    with pytest.raises(NotARegularFile, match="named pipe"):
+        GGUFFile(tmp_path / "pipe.gguf")  # does not block
+    with pytest.raises(NotARegularFile, match="directory"):
+        GGUFFile(tmp_path)

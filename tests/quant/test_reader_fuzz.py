@@ -137,3 +137,22 @@ def _check_raises(data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data + b"\0" * 64)
     GGUFFile(path).close()
+
+
+@settings(max_examples=PER_STRATEGY // 2, deadline=1000, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(toks=st.lists(st.text(max_size=40) | st.sampled_from(["", "a" * 97, "é" * 70, "\x00" * 8, "x" * 300]),
+                     max_size=60),
+       window=st.sampled_from([16, 24, 64, 1 << 18]), piece=st.sampled_from([8, 40, 1 << 18]))
+def test_string_arrays_round_trip(toks, window, piece):
+    """Any strings, any window and UTF-8 piece size: the lazy array holds exactly what was written."""
+    from zimage_turbo.quant import gguf_reader
+    saved = gguf_reader._STRING_WINDOW, gguf_reader._UTF8_PIECE
+    gguf_reader._STRING_WINDOW, gguf_reader._UTF8_PIECE = window, piece
+    try:
+        path = os.path.join(_TMP, "strings.gguf")
+        write_gguf(path, {}, {"t": toks, "n": 1}, overwrite=True)
+        with GGUFFile(path) as g:
+            assert g.metadata["t"] == toks and g.metadata["n"] == 1
+    finally:
+        gguf_reader._STRING_WINDOW, gguf_reader._UTF8_PIECE = saved
