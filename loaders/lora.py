@@ -4,8 +4,9 @@ Built on core's machinery: `comfy.lora.model_lora_keys_unet/clip` (key maps), `c
 adapters: LoRA, DoRA, LoHa, LoKr, full diff) and `ModelPatcher.add_patches`. Added here: the names core's map
 lacks (kohya/musubi `lora_unet_` with diffusers module names, `transformer.` and bare DiffSynth names on hosts
 that have no Z-Image map for them), which file keys were used and which were not, and an error naming the
-file and the model family when nothing matched. On quantized layers (GGUF: `quant.patcher`; fp8:
-`lora_side`) plain LoRA patches run beside the layer, the q/k/v slices of the fused qkv included.
+file and the model family when nothing matched. On quantized layers (GGUF: `quant.patcher`; fp8 plain or
+scaled and `.comfy_quant`: `lora_side`) nothing is baked into the stored weights: plain LoRA patches run beside
+the layer (the q/k/v slices of the fused qkv included), other patch kinds apply to the weight upcast for each use.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import ModelFileError
-from .lora_side import attach_fp8_loras
+from .lora_side import attach_beside_quantized
 from .lora_formats import describe_lora, foreign_family, is_text_encoder_key
 from .safetensors_file import load_tensors, read_header
 
@@ -181,14 +182,16 @@ def apply_zimage_lora(model, clip, lora_sd: dict[str, torch.Tensor], strength_mo
         dit_patches, misfit = _split_fitting(patches, dit_shapes)
         report.shape_mismatch += _keys_of(misfit, recorder, reverse)
         new_model = model.clone()
-        dit_patches, beside = attach_fp8_loras(new_model, dit_patches, strength_model)
+        dit_patches, beside = attach_beside_quantized(new_model, dit_patches, strength_model)
         added = new_model.add_patches(dit_patches, strength_model)
         report.dit_patched = sorted({_target(k) for k in added} | set(beside))
     if clip is not None:
         te_patches, misfit = _split_fitting(patches, te_shapes)
         report.shape_mismatch += _keys_of(misfit, recorder, reverse)
         new_clip = clip.clone()
-        report.text_encoder_patched = sorted({_target(k) for k in new_clip.add_patches(te_patches, strength_clip)})
+        te_patches, beside = attach_beside_quantized(new_clip.patcher, te_patches, strength_clip)
+        added = new_clip.add_patches(te_patches, strength_clip)
+        report.text_encoder_patched = sorted({_target(k) for k in added} | set(beside))
     mismatched = set(report.shape_mismatch)
     unused = [k for k in lora_sd if (k not in recorder.used or k in dropped) and k not in mismatched]
     if clip is None:

@@ -13,7 +13,8 @@ class ZImageLoraLoader:
 
     DESCRIPTION = ("Applies a Z-Image LoRA in any trainer's layout (ComfyUI, ostris ai-toolkit, diffusers/PEFT, "
                    "DiffSynth-Studio, kohya / musubi-tuner, LyCORIS LoHa/LoKr, full diff, DoRA) to the model and, "
-                   "when connected, the text encoder. On GGUF models the LoRA runs beside the quantized layers. "
+                   "when connected, the text encoder. On GGUF, fp8 and .comfy_quant models the stored weights are "
+                   "never changed: the LoRA runs beside the quantized layers (other patch kinds apply per use). "
                    "The report output lists the format found, how many weights were patched and every key that "
                    "was not; a LoRA of which nothing matches stops with an error naming what it is for.")
     CATEGORY = CATEGORY_LOADERS

@@ -8,6 +8,8 @@ layers that stay offloaded in low-VRAM mode (so the side path is used there too)
 """
 from __future__ import annotations
 
+import torch
+
 import comfy.lora
 import comfy.model_patcher
 import comfy.utils
@@ -62,13 +64,22 @@ def _row_slice(offset) -> tuple[int, int] | None | bool:
 
 
 class DequantizedPatch:
-    """Applies non-LoRA patches to a dequantized weight at use time."""
+    """Applies weight patches (LoHa, LoKr, full diff, DoRA, …) to a weight dequantized for one use: a layer's
+    `weight_function`; the stored weight is never changed.
 
-    def __init__(self, key: str, patches: list) -> None:
-        self.key, self.patches = key, patches
+    `scale`: for hosts whose cast hands weight functions the stored values before the layer multiplies in its
+    per-tensor scale (ComfyUI 0.3.x scaled fp8): the patches apply to weight·scale and the result is divided back.
+    """
+
+    def __init__(self, key: str, patches: list, scale: torch.Tensor | None = None) -> None:
+        self.key, self.patches, self.scale = key, patches, scale
 
     def __call__(self, weight):
-        return comfy.lora.calculate_weight(self.patches, weight, self.key)
+        if self.scale is None:
+            return comfy.lora.calculate_weight(self.patches, weight, self.key)
+        scale = self.scale.to(device=weight.device, dtype=torch.float32)
+        patched = comfy.lora.calculate_weight(self.patches, weight.float() * scale, self.key)
+        return (patched / scale).to(weight.dtype)
 
 
 class QuantModelPatcher(comfy.model_patcher.ModelPatcher):

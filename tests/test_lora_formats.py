@@ -1,169 +1,19 @@
-"""ZImageLoraLoader: every trainer's key layout, on bf16, GGUF and fp8 DiTs, against a dense reference.
+"""ZImageLoraLoader: every trainer's key layout, on bf16 and GGUF DiTs, against a dense reference (fp8 DiTs:
+test_lora_fp8.py).
 
-The LoRA writers below build each trainer's file from its published key layout (see the table in
-`loaders/lora_formats.py`); they never use the pack's mapping code. The reference applies W + s·(B·A)
-(or the LoHa / LoKr / diff delta) to the weights in the test and builds a dense model from them.
+The LoRA writers (`fixtures/lora_files.py`) build each trainer's file from its published key layout; they never use
+the pack's mapping code. The reference applies W + s·(B·A) (or the LoHa / LoKr / diff delta) to the weights in the
+test and builds a dense model from them.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-from zimage_turbo.fixtures.shapes import TINY_DIT
+from zimage_turbo.fixtures.lora_files import (D, RANK, WRITERS, apply_lora, dense_model, forward,
+                                              full_and_partial_load_outputs, reference_state_dict, stored_bytes,
+                                              write_loha, write_lora)
 from zimage_turbo.quant.convert import convert_to_gguf
-
-D = TINY_DIT.dim
-RANK = 4
-
-
-# (diffusers module name as trainers write it, ComfyUI weight key, row slice of that weight or None)
-DIFFUSERS_TARGETS = (
-    ("layers.0.attention.to_q", "layers.0.attention.qkv.weight", (0, D)),
-    ("layers.0.attention.to_v", "layers.0.attention.qkv.weight", (2 * D, D)),
-    ("layers.1.attention.to_k", "layers.1.attention.qkv.weight", (D, D)),
-    ("layers.1.attention.to_out.0", "layers.1.attention.out.weight", None),
-    ("layers.0.feed_forward.w2", "layers.0.feed_forward.w2.weight", None),
-    ("layers.1.adaLN_modulation.0", "layers.1.adaLN_modulation.0.weight", None),
-    ("noise_refiner.0.attention.to_q", "noise_refiner.0.attention.qkv.weight", (0, D)),
-    ("context_refiner.1.feed_forward.w1", "context_refiner.1.feed_forward.w1.weight", None),
-    ("all_x_embedder.2-1", "x_embedder.weight", None),
-    ("all_final_layer.2-1.linear", "final_layer.linear.weight", None),
-    ("t_embedder.mlp.2", "t_embedder.mlp.2.weight", None),
-    ("cap_embedder.1", "cap_embedder.1.weight", None),
-)
-# ComfyUI's own names (fused qkv)
-COMFY_TARGETS = (
-    ("layers.0.attention.qkv", "layers.0.attention.qkv.weight", None),
-    ("layers.1.attention.out", "layers.1.attention.out.weight", None),
-    ("noise_refiner.1.feed_forward.w3", "noise_refiner.1.feed_forward.w3.weight", None),
-    ("final_layer.adaLN_modulation.1", "final_layer.adaLN_modulation.1.weight", None),
-)
-
-
-def _kohya(name: str) -> str:
-    return "lora_unet_" + name.replace(".", "_")
-
-
-# format → (module-name function, targets, tensor-name style)
-FORMATS = {
-    "comfyui": (lambda n: f"diffusion_model.{n}", COMFY_TARGETS, "up_down"),
-    "ai_toolkit": (lambda n: f"diffusion_model.{n}", DIFFUSERS_TARGETS, "peft"),
-    "diffusers_peft": (lambda n: f"transformer.{n}", DIFFUSERS_TARGETS, "peft"),
-    "diffsynth": (lambda n: n, DIFFUSERS_TARGETS, "peft"),
-    "musubi_kohya": (_kohya, DIFFUSERS_TARGETS, "up_down"),
-}
-
-
-def _shape(sd: dict, key: str, rows) -> tuple[int, int]:
-    out_f, in_f = sd[key].shape
-    return (rows[1] if rows else out_f), in_f
-
-
-def write_lora(fmt: str, dit_sd: dict, seed: int = 0, with_alpha: bool = True):
-    """(file tensors, [(comfy key, rows, dense delta at strength 1)]) in the given trainer's layout."""
-    name_of, targets, style = FORMATS[fmt]
-    g = torch.Generator().manual_seed(seed)
-    lora, deltas = {}, []
-    for module, key, rows in targets:
-        out_f, in_f = _shape(dit_sd, key, rows)
-        down = torch.randn(RANK, in_f, generator=g) * 0.1
-        up = torch.randn(out_f, RANK, generator=g) * 0.1
-        name = name_of(module)
-        scale = 1.0
-        if style == "peft":
-            lora[f"{name}.lora_A.weight"], lora[f"{name}.lora_B.weight"] = down, up
-        else:
-            lora[f"{name}.lora_down.weight"], lora[f"{name}.lora_up.weight"] = down, up
-            if with_alpha:
-                lora[f"{name}.alpha"] = torch.tensor(RANK / 2.0)
-                scale = 0.5
-        deltas.append((key, rows, scale * (up @ down)))
-    return lora, deltas
-
-
-def write_loha(dit_sd: dict, seed: int = 1):
-    """LyCORIS LoHa in kohya names: ΔW = (w1_a·w1_b) ⊙ (w2_a·w2_b) · alpha/rank."""
-    g = torch.Generator().manual_seed(seed)
-    lora, deltas = {}, []
-    for module, key, rows in DIFFUSERS_TARGETS[:6]:
-        out_f, in_f = _shape(dit_sd, key, rows)
-        w1a, w1b = torch.randn(out_f, RANK, generator=g) * 0.3, torch.randn(RANK, in_f, generator=g) * 0.3
-        w2a, w2b = torch.randn(out_f, RANK, generator=g) * 0.3, torch.randn(RANK, in_f, generator=g) * 0.3
-        name = _kohya(module)
-        lora.update({f"{name}.hada_w1_a": w1a, f"{name}.hada_w1_b": w1b, f"{name}.hada_w2_a": w2a,
-                     f"{name}.hada_w2_b": w2b, f"{name}.alpha": torch.tensor(float(RANK))})
-        deltas.append((key, rows, (w1a @ w1b) * (w2a @ w2b)))
-    return lora, deltas
-
-
-def write_lokr(dit_sd: dict, seed: int = 2):
-    """LyCORIS LoKr (full w1, w2): ΔW = kron(w1, w2) (no alpha scaling without low-rank factors)."""
-    g = torch.Generator().manual_seed(seed)
-    lora, deltas = {}, []
-    for module, key, rows in DIFFUSERS_TARGETS[:6]:
-        out_f, in_f = _shape(dit_sd, key, rows)
-        w1 = torch.randn(4, 4, generator=g) * 0.1
-        w2 = torch.randn(out_f // 4, in_f // 4, generator=g) * 0.1
-        name = f"lycoris_{module.replace('.', '_')}"
-        lora.update({f"{name}.lokr_w1": w1, f"{name}.lokr_w2": w2})
-        deltas.append((key, rows, torch.kron(w1, w2)))
-    return lora, deltas
-
-
-def write_full_diff(dit_sd: dict, seed: int = 3):
-    """A full difference in ComfyUI names (`.diff`, `.diff_b`)."""
-    g = torch.Generator().manual_seed(seed)
-    lora, deltas = {}, []
-    for module, key, _ in COMFY_TARGETS:
-        diff = torch.randn(*dit_sd[key].shape, generator=g) * 0.01
-        lora[f"diffusion_model.{module}.diff"] = diff
-        deltas.append((key, None, diff))
-    return lora, deltas
-
-
-def write_dora(dit_sd: dict, seed: int = 4):
-    """kohya-named LoRA with `dora_scale`: W' = m · (W + ΔW) / ‖W + ΔW‖ with the norm over each input column
-    (the DoRA paper's layout, LyCORIS `wd_on_out=False`: one magnitude per input feature, shape (1, in))."""
-    lora, deltas = write_lora("musubi_kohya", dit_sd, seed)
-    g = torch.Generator().manual_seed(seed + 100)
-    full = [(m, key, delta) for (m, key, rows), (_, _, delta) in zip(DIFFUSERS_TARGETS, deltas) if rows is None]
-    keep = {_kohya(m) for m, _, _ in full}  # DoRA normalises the whole weight: full-weight targets only
-    lora = {k: v for k, v in lora.items() if k.split(".")[0] in keep}
-    dora_deltas = []
-    for module, key, delta in full:
-        w = dit_sd[key].float()
-        magnitude = 1.0 + 0.1 * torch.randn(1, w.shape[1], generator=g)
-        lora[f"{_kohya(module)}.dora_scale"] = magnitude
-        merged = w + delta
-        norm = merged.norm(dim=0, keepdim=True) + torch.finfo(torch.float32).eps
-        dora_deltas.append((key, None, merged * (magnitude / norm) - w))
-    return lora, dora_deltas
-
-
-def reference_state_dict(dit_sd: dict, deltas, strength: float) -> dict:
-    """W + strength·ΔW for each target (rows of a fused weight where the LoRA names a slice)."""
-    sd = {k: v.float().clone() for k, v in dit_sd.items()}
-    for key, rows, delta in deltas:
-        if rows is None:
-            sd[key] += strength * delta
-        else:
-            sd[key][rows[0]:rows[0] + rows[1]] += strength * delta
-    return sd
-
-
-def _inputs():
-    g = torch.Generator().manual_seed(11)
-    return torch.randn(1, 16, 8, 8, generator=g), torch.randn(1, 12, TINY_DIT.cap_feat_dim, generator=g)
-
-
-def forward(model) -> torch.Tensor:
-    import comfy.model_management as mm
-    x, context = _inputs()
-    mm.load_models_gpu([model])
-    try:
-        return model.model.apply_model(x, torch.tensor([0.6]), c_crossattn=context, num_tokens=12).float()
-    finally:
-        mm.unload_all_models()
 
 
 @pytest.fixture(scope="module")
@@ -178,26 +28,6 @@ def fp32_model(comfy_host, tiny_paths):
     return load_zimage_dit(tiny_paths["diffusion_models"], "fp32")
 
 
-def _dense_model(sd: dict):
-    from zimage_turbo.loaders.dit import build_zimage_model
-    return build_zimage_model(sd, weight_dtype="fp32")
-
-
-def _apply(model, lora, strength=1.0, clip=None):
-    from zimage_turbo.loaders.lora import apply_zimage_lora
-    return apply_zimage_lora(model, clip, lora, strength, 1.0, "test_lora.safetensors")
-
-
-WRITERS = {
-    **{fmt: (lambda fmt: lambda sd: write_lora(fmt, sd))(fmt) for fmt in FORMATS},
-    "kohya_no_alpha": lambda sd: write_lora("musubi_kohya", sd, seed=5, with_alpha=False),
-    "loha": write_loha,
-    "lokr": write_lokr,
-    "full_diff": write_full_diff,
-    "dora": write_dora,
-}
-
-
 # what the report must call each file (format detected from the keys alone)
 EXPECTED_LAYOUT = {"comfyui": "ComfyUI", "ai_toolkit": "ai-toolkit", "diffusers_peft": "diffusers / PEFT",
                    "diffsynth": "DiffSynth", "musubi_kohya": "musubi-tuner", "kohya_no_alpha": "musubi-tuner",
@@ -209,11 +39,11 @@ EXPECTED_ADAPTERS = {"loha": ("LoHa",), "lokr": ("LoKr",), "full_diff": ("full d
 @pytest.mark.parametrize("strength", [1.0, -0.7, 1.8])
 def test_each_format_equals_dense_reference_on_bf16_weights(fmt, strength, dit_sd, fp32_model):
     lora, deltas = WRITERS[fmt](dit_sd)
-    patched, _, report = _apply(fp32_model, lora, strength)
+    patched, _, report = apply_lora(fp32_model, lora, strength)
     assert report.unmatched == [] and report.shape_mismatch == []
     assert len(report.dit_patched) == len({key for key, _, _ in deltas})
     assert EXPECTED_LAYOUT[fmt] in report.layout and report.adapters == EXPECTED_ADAPTERS.get(fmt, ("LoRA",))
-    reference = forward(_dense_model(reference_state_dict(dit_sd, deltas, strength)))
+    reference = forward(dense_model(reference_state_dict(dit_sd, deltas, strength)))
     out = forward(patched)
     assert float((forward(fp32_model) - reference).abs().max()) > 1e-3, "the LoRA must change the output"
     assert float((out - reference).abs().max()) <= 1e-5
@@ -234,7 +64,7 @@ def test_same_as_core_lora_loader_where_core_reads_the_format(fmt, dit_sd, fp32_
     if not _core_reads(fp32_model, lora):
         pytest.skip(f"ComfyUI {comfy_host['version']} does not read the {fmt} layout")
     core, _ = comfy_host["sd"].load_lora_for_models(fp32_model, None, lora, 0.9, 0)  # LoraLoaderModelOnly's call
-    ours, _, _ = _apply(fp32_model, lora, 0.9)
+    ours, _, _ = apply_lora(fp32_model, lora, 0.9)
     assert torch.equal(forward(core), forward(ours))
 
 
@@ -245,7 +75,7 @@ def test_musubi_format_is_not_read_by_core_but_is_by_the_pack(dit_sd, fp32_model
     base = forward(fp32_model)
     patched_keys = {k for k in core.patches}
     assert "diffusion_model.layers.0.attention.qkv.weight" not in patched_keys
-    ours, _, report = _apply(fp32_model, lora)
+    ours, _, report = apply_lora(fp32_model, lora)
     assert "diffusion_model.layers.0.attention.qkv.weight" in report.dit_patched
     assert float((forward(ours) - base).abs().max()) > 1e-3
 
@@ -256,11 +86,11 @@ def test_stacked_loras_add_up(dit_sd, fp32_model):
     third, d3 = write_loha(dit_sd, seed=12)
     model = fp32_model
     for lora, strength in ((first, 0.6), (second, -1.2), (third, 0.8)):
-        model, _, _ = _apply(model, lora, strength)
+        model, _, _ = apply_lora(model, lora, strength)
     sd = reference_state_dict(dit_sd, d1, 0.6)
     sd = reference_state_dict(sd, d2, -1.2)
     sd = reference_state_dict(sd, d3, 0.8)
-    assert float((forward(model) - forward(_dense_model(sd))).abs().max()) <= 1e-5
+    assert float((forward(model) - forward(dense_model(sd))).abs().max()) <= 1e-5
 
 
 def test_report_names_every_unmatched_key(dit_sd, fp32_model):
@@ -272,7 +102,7 @@ def test_report_names_every_unmatched_key(dit_sd, fp32_model):
     # the context refiner has no adaLN in Z-Image: a name core's map knows, for a weight the model lacks
     lora["lora_unet_context_refiner_0_adaLN_modulation_0.lora_down.weight"] = torch.zeros(RANK, 256)
     lora["lora_unet_context_refiner_0_adaLN_modulation_0.lora_up.weight"] = torch.zeros(4 * D, RANK)
-    _, _, report = _apply(fp32_model, lora)
+    _, _, report = apply_lora(fp32_model, lora)
     assert report.unmatched == ["lora_unet_context_refiner_0_adaLN_modulation_0.lora_down.weight",
                                 "lora_unet_context_refiner_0_adaLN_modulation_0.lora_up.weight",
                                 "lora_unet_layers_7_attention_to_q.lora_down.weight",
@@ -296,7 +126,7 @@ def test_zero_matched_keys_is_an_error_naming_file_and_family(family, fp32_model
     from zimage_turbo.loaders.errors import ModelFileError
     lora, name = FOREIGN[family]
     with pytest.raises(ModelFileError, match=rf"test_lora\.safetensors: expected a Z-Image LoRA.*{name}"):
-        _apply(fp32_model, lora)
+        apply_lora(fp32_model, lora)
 
 
 def test_wrong_size_lora_is_reported_as_shape_mismatch(fp32_model):
@@ -304,7 +134,7 @@ def test_wrong_size_lora_is_reported_as_shape_mismatch(fp32_model):
     lora = {"diffusion_model.layers.0.attention.qkv.lora_up.weight": torch.zeros(3 * 3840, 4),
             "diffusion_model.layers.0.attention.qkv.lora_down.weight": torch.zeros(4, 3840)}
     with pytest.raises(ModelFileError, match="shapes do not fit"):
-        _apply(fp32_model, lora)
+        apply_lora(fp32_model, lora)
 
 
 # ---------------------------------------------------------------- quantized DiTs: the LoRA runs beside the layer
@@ -341,9 +171,9 @@ def test_gguf_lora_equals_dequantized_forward_plus_delta(fmt, gguf_model, dit_sd
     from zimage_turbo.quant.tensor import QuantizedTensor
     lora, deltas = WRITERS[fmt](dit_sd)
     before = _stored_weights(gguf_model, deltas)
-    patched, _, report = _apply(gguf_model, lora, 0.9)
+    patched, _, report = apply_lora(gguf_model, lora, 0.9)
     assert report.unmatched == []
-    reference = forward(_dense_model(reference_state_dict(_dequantized_sd(gguf_model), deltas, 0.9)))
+    reference = forward(dense_model(reference_state_dict(_dequantized_sd(gguf_model), deltas, 0.9)))
     assert_matches_reference(forward(patched), reference, forward(gguf_model))
     after = _stored_weights(patched, deltas)
     quantized = [key for key, weight in before.items() if isinstance(weight, QuantizedTensor)]
@@ -357,7 +187,7 @@ def test_gguf_qkv_slice_lora_is_a_side_computation(gguf_model, dit_sd, monkeypat
     from zimage_turbo.quant.tensor import QuantizedTensor
     import comfy.model_management as mm
     lora, _ = write_lora("musubi_kohya", dit_sd)
-    patched, _, _ = _apply(gguf_model, lora, 1.0)
+    patched, _, _ = apply_lora(gguf_model, lora, 1.0)
     seen: list[str] = []
     original = comfy.lora.calculate_weight
     monkeypatch.setattr(comfy.lora, "calculate_weight",
@@ -373,12 +203,23 @@ def test_gguf_qkv_slice_lora_is_a_side_computation(gguf_model, dit_sd, monkeypat
         mm.unload_all_models()
 
 
+def test_stacked_loras_on_gguf_equal_dequantized_reference(gguf_model, dit_sd):
+    """Three LoRAs (q/k/v slices, fused qkv, LoHa) stacked on a GGUF DiT, with negative and > 1 strengths."""
+    stack = ((write_lora("musubi_kohya", dit_sd, seed=30), 1.4), (write_lora("comfyui", dit_sd, seed=31), -0.6),
+             (write_loha(dit_sd, seed=32), 0.5))
+    model, sd = gguf_model, _dequantized_sd(gguf_model)
+    for (lora, deltas), strength in stack:
+        model, _, _ = apply_lora(model, lora, strength)
+        sd = reference_state_dict(sd, deltas, strength)
+    assert_matches_reference(forward(model), forward(dense_model(sd)), forward(gguf_model))
+
+
 # ---------------------------------------------------------------- core's node and low-VRAM partial loading
 
 def test_core_lora_loader_model_only_still_works_on_the_pack_model(gguf_model, dit_sd, comfy_host):
     lora, deltas = write_lora("comfyui", dit_sd)
     core, _ = comfy_host["sd"].load_lora_for_models(gguf_model, None, lora, 1.0, 0)
-    reference = forward(_dense_model(reference_state_dict(_dequantized_sd(gguf_model), deltas, 1.0)))
+    reference = forward(dense_model(reference_state_dict(_dequantized_sd(gguf_model), deltas, 1.0)))
     assert_matches_reference(forward(core), reference, forward(gguf_model))
 
 
@@ -386,23 +227,9 @@ def test_core_lora_loader_model_only_still_works_on_the_pack_model(gguf_model, d
 
 def test_partially_loaded_gguf_with_slice_loras_equals_fully_loaded(gguf_model, dit_sd):
     """ComfyUI's low-VRAM partial loading (layers cast per use) gives the same output with q/k/v slice LoRAs."""
-    import comfy.model_management as mm
-    patched, _, _ = _apply(gguf_model, write_lora("musubi_kohya", dit_sd, seed=21)[0], 0.8)
-    x, context = _inputs()
-    cpu = torch.device("cpu")
-
-    def run():
-        return patched.model.apply_model(x, torch.tensor([0.6]), c_crossattn=context, num_tokens=12)
-    mm.unload_all_models()
-    patched.load(cpu, lowvram_model_memory=0, full_load=True)
-    full = run()
-    patched.unpatch_model(cpu)
-    patched.load(cpu, lowvram_model_memory=max(1, patched.model_size() // 3), full_load=False)
-    try:
-        assert patched.model.model_lowvram
-        assert torch.equal(run(), full)
-    finally:
-        patched.unpatch_model(cpu)
+    patched, _, _ = apply_lora(gguf_model, write_lora("musubi_kohya", dit_sd, seed=21)[0], 0.8)
+    full, partial = full_and_partial_load_outputs(patched)
+    assert torch.equal(partial, full)
 
 
 # ---------------------------------------------------------------- the text-encoder part of a LoRA
@@ -437,14 +264,14 @@ def test_text_encoder_part_applies_to_the_clip(comfy_host, dit_sd, fp32_model):
     clip = build_qwen3_clip(dict(hf_sd))
     te_lora, te_deltas = write_text_encoder_lora(hf_sd)
     dit_lora, _ = write_lora("musubi_kohya", dit_sd)
-    _, new_clip, report = _apply(fp32_model, {**dit_lora, **te_lora}, 1.0, clip=clip)
+    _, new_clip, report = apply_lora(fp32_model, {**dit_lora, **te_lora}, 1.0, clip=clip)
     assert len(report.text_encoder_patched) == len(TE_TARGETS) and report.unmatched == []
     reference = _encode(build_qwen3_clip(reference_state_dict(hf_sd, te_deltas, 1.0)))
     base, out = _encode(clip), _encode(new_clip)
     assert float((base - reference).abs().max()) > 1e-3
     assert float((out - reference).abs().max()) <= 1e-4 * max(1.0, float(reference.abs().max()))
     # without a CLIP the same keys are reported as skipped, not silently dropped
-    _, none_clip, report = _apply(fp32_model, {**dit_lora, **te_lora}, 1.0)
+    _, none_clip, report = apply_lora(fp32_model, {**dit_lora, **te_lora}, 1.0)
     assert none_clip is None and len(report.text_encoder_skipped) == 3 * len(TE_TARGETS)
     assert "no CLIP connected" in report.text()
 
@@ -462,13 +289,49 @@ def test_text_encoder_part_on_a_gguf_clip_stays_quantized(comfy_host, tmp_path, 
         dense[llama_cpp_to_hf(name)] = (t.dequantize(torch.float32) if isinstance(t, QuantizedTensor)
                                         else t[0].float())
     te_lora, te_deltas = write_text_encoder_lora(dense)
-    _, new_clip, report = _apply(fp32_model, te_lora, 1.0, clip=clip)
+    _, new_clip, report = apply_lora(fp32_model, te_lora, 1.0, clip=clip)
     assert len(report.text_encoder_patched) == len(TE_TARGETS)
     reference = _encode(build_qwen3_clip(reference_state_dict(dense, te_deltas, 1.0)))
     out = _encode(new_clip)
     assert float((out - reference).abs().max()) <= 2e-3 * max(1.0, float(reference.abs().max()))
     q_proj = new_clip.cond_stage_model.qwen3_4b.transformer.model.layers[0].self_attn.q_proj
     assert isinstance(q_proj.weight, QuantizedTensor)
+
+
+def test_text_encoder_part_on_a_comfy_quant_fp8_clip_leaves_its_weights(comfy_host, tmp_path, fp32_model):
+    """A mixed-fp8 `.comfy_quant` encoder (Comfy-Org's qwen_3_4b_fp8_mixed layout): a LoRA runs beside its fp8
+    layers and a full diff applies to the weight dequantized for each use; the stored fp8 bytes never change."""
+    import comfy.model_management as mm
+    import comfy.utils
+    from zimage_turbo.fixtures.comfy_quant_files import fp8_mixed
+    from zimage_turbo.fixtures.tiny_models import build_qwen3_state_dict, save_safetensors_atomic
+    from zimage_turbo.loaders.text_encoder import build_qwen3_clip, load_qwen3_text_encoder
+    if not hasattr(comfy.utils, "convert_old_quants"):
+        pytest.skip(f"ComfyUI {comfy_host['version']} cannot run .comfy_quant layers (the loader refuses them)")
+    hf_sd = {k: v.float() for k, v in build_qwen3_state_dict().items()}
+    file_sd, dense = fp8_mixed(hf_sd, lambda key, value: key.startswith("model.layers."))
+    clip = load_qwen3_text_encoder(save_safetensors_atomic(file_sd, tmp_path / "qwen3_fp8_mixed.safetensors"))
+    te_lora, te_deltas = write_text_encoder_lora(dense)
+    diff = torch.randn(*dense["model.layers.1.mlp.up_proj.weight"].shape, generator=torch.Generator().manual_seed(7))
+    te_lora["lora_te_layers_1_mlp_up_proj.diff"] = 0.05 * diff
+    te_deltas.append(("model.layers.1.mlp.up_proj.weight", None, 0.05 * diff))
+    layers = clip.cond_stage_model.qwen3_4b.transformer.model.layers
+    stored = {name: stored_bytes(layer) for name, layer in layers.named_modules() if name.endswith("_proj")}
+    assert all(layer["weight"][0] == torch.float8_e4m3fn for layer in stored.values())
+    _, new_clip, report = apply_lora(fp32_model, te_lora, 1.0, clip=clip)
+    assert len(report.text_encoder_patched) == len(TE_TARGETS) + 1 and report.unmatched == []
+    reference = _encode(build_qwen3_clip(reference_state_dict(dense, te_deltas, 1.0)))
+    try:
+        out = _encode(new_clip)  # the encoder stays loaded, with its patches, after encoding
+        for name, before in stored.items():
+            after = stored_bytes(layers.get_submodule(name))
+            assert after.keys() == before.keys()
+            assert all(after[k][0] == dtype and torch.equal(after[k][1], raw) for k, (dtype, raw) in before.items())
+    finally:
+        mm.unload_all_models()
+    base = _encode(clip)
+    assert float((base - reference).abs().max()) > 1e-3
+    assert float((out - reference).abs().max()) <= 1e-4 * max(1.0, float(reference.abs().max()))
 
 
 # ---------------------------------------------------------------- the node
@@ -494,7 +357,7 @@ def test_node_applies_and_reports(loras_dir, dit_sd, fp32_model):
     model, clip, text = out["result"]
     assert clip is None and out["ui"]["text"] == [text]
     assert "ai-toolkit" in text and "diffusion_model.layers.9.attention.to_q.lora_A.weight" in text
-    reference = forward(_dense_model(reference_state_dict(dit_sd, deltas, 1.0)))
+    reference = forward(dense_model(reference_state_dict(dit_sd, deltas, 1.0)))
     assert float((forward(model) - reference).abs().max()) <= 1e-5
 
 
@@ -505,69 +368,3 @@ def test_node_refuses_a_pickle_renamed_safetensors(loras_dir, fp32_model):
     (loras_dir / "evil.safetensors").write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(ModelFileError, match="evil.safetensors"):
         ZImageLoraLoader().load(fp32_model, "evil.safetensors", 1.0)
-
-
-# ---------------------------------------------------------------- fp8 DiT: the LoRA runs beside the fp8 layer
-
-@pytest.fixture(scope="module")
-def fp8_model(comfy_host, tiny_paths):
-    from zimage_turbo.loaders.dit import load_zimage_dit
-    return load_zimage_dit(tiny_paths["diffusion_models"], "fp8_e4m3fn")
-
-
-@pytest.mark.parametrize("fmt", ["musubi_kohya", "ai_toolkit", "comfyui"])
-def test_fp8_lora_equals_fp8_weights_plus_delta_and_keeps_fp8_storage(fmt, fp8_model, dit_sd):
-    lora, deltas = WRITERS[fmt](dit_sd)
-    fp8_weights = {k: v.float() for k, v in fp8_model.model.diffusion_model.state_dict().items()}
-    patched, _, report = _apply(fp8_model, lora, 1.3)
-    assert report.unmatched == [] and len(report.dit_patched) == len({k for k, _, _ in deltas})
-    stored_fp8 = [k for k, v in fp8_model.model.diffusion_model.state_dict().items() if v.dtype == torch.float8_e4m3fn]
-    assert {k for k, _, _ in deltas} <= set(stored_fp8)
-    reference = forward(_dense_model(reference_state_dict(fp8_weights, deltas, 1.3)))
-    import comfy.model_management as mm
-    x, context = _inputs()
-    mm.load_models_gpu([patched])
-    try:
-        out = patched.model.apply_model(x, torch.tensor([0.6]), c_crossattn=context, num_tokens=12).float()
-        for key, _, _ in deltas:  # loaded and patched, the weights are still the fp8 tensors of the file
-            weight = patched.model.diffusion_model.get_submodule(key.rsplit(".", 1)[0]).weight
-            assert weight.dtype == torch.float8_e4m3fn
-            assert torch.equal(weight.float(), fp8_weights[key])
-    finally:
-        mm.unload_all_models()
-    assert float((out - reference).abs().max()) <= 2e-2 * float(reference.abs().max())
-    assert float((forward(fp8_model) - reference).abs().max()) > 5e-2 * float(reference.abs().max())
-
-
-def test_stacked_loras_on_gguf_equal_dequantized_reference(gguf_model, dit_sd):
-    """Three LoRAs (q/k/v slices, fused qkv, LoHa) stacked on a GGUF DiT, with negative and > 1 strengths."""
-    stack = ((write_lora("musubi_kohya", dit_sd, seed=30), 1.4), (write_lora("comfyui", dit_sd, seed=31), -0.6),
-             (write_loha(dit_sd, seed=32), 0.5))
-    model, sd = gguf_model, _dequantized_sd(gguf_model)
-    for (lora, deltas), strength in stack:
-        model, _, _ = _apply(model, lora, strength)
-        sd = reference_state_dict(sd, deltas, strength)
-    assert_matches_reference(forward(model), forward(_dense_model(sd)), forward(gguf_model))
-
-
-def test_partially_loaded_fp8_with_loras_equals_fully_loaded(fp8_model, dit_sd):
-    """The fp8 side computations (object patches on the layers' forward) under low-VRAM partial loading."""
-    import comfy.model_management as mm
-    base = forward(fp8_model)
-    patched, _, _ = _apply(fp8_model, write_lora("musubi_kohya", dit_sd, seed=41)[0], 0.8)
-    x, context = _inputs()
-    cpu = torch.device("cpu")
-
-    def run():
-        return patched.model.apply_model(x, torch.tensor([0.6]), c_crossattn=context, num_tokens=12)
-    mm.unload_all_models()
-    patched.patch_model(cpu, lowvram_model_memory=0)  # what load_models_gpu does: object patches, then load
-    full = run()
-    patched.unpatch_model(cpu)
-    patched.patch_model(cpu, lowvram_model_memory=max(1, patched.model_size() // 3))
-    try:
-        assert patched.model.model_lowvram
-        assert torch.equal(run(), full)
-        assert float((full.float() - base).abs().max()) > 1e-2, "the LoRA is applied in both loads"
-    finally:
-        patched.unpatch_model(cpu)
