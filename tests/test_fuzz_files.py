@@ -37,6 +37,7 @@ from zimage_turbo.loaders.errors import ModelFileError
 from zimage_turbo.loaders.gguf_io import read_gguf_state_dict
 from zimage_turbo.loaders.safetensors_file import load_tensors, read_header
 from zimage_turbo.quant.gguf_writer import write_gguf
+from zimage_turbo.fixtures.process_memory import reset_peak_rss, status_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 LONG = os.environ.get("ZIT_FUZZ_LONG") == "1"
@@ -62,27 +63,9 @@ MICRO_VAE = FluxVAESpec(ch=8, ch_mult=(1, 2), num_res_blocks=1)
 
 
 # ------------------------------------------------------------------------------------------------ measuring
-def _peak_rss_reset() -> int | None:
-    """Reset the process's peak RSS (VmHWM) and return the current RSS in bytes; None where Linux does not allow it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _status("VmRSS")
-    except OSError:
-        return None
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def _run_case(fn, size: int, allowed: tuple[type[BaseException], ...]):
     """Call fn(); only `allowed` errors may escape; time and memory within budget. Returns the error or None."""
-    rss_before = _peak_rss_reset()
+    rss_before = reset_peak_rss()
     tracemalloc.start()
     start = time.perf_counter()
     error = None
@@ -98,7 +81,7 @@ def _run_case(fn, size: int, allowed: tuple[type[BaseException], ...]):
     assert elapsed < MAX_SECONDS, f"took {elapsed:.2f} s"
     assert peak < budget, f"allocated {peak} bytes for a {size}-byte file"
     if rss_before is not None:
-        grown = _status("VmHWM") - rss_before
+        grown = status_bytes("VmHWM") - rss_before
         assert grown < 2 * size + RSS_SLACK_BYTES, f"peak RSS grew {grown} bytes for a {size}-byte file"
     return error
 

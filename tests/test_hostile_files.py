@@ -23,6 +23,7 @@ import torch
 
 from zimage_turbo.loaders.errors import ModelFileError
 from zimage_turbo.quant.gguf_reader import GGUF_MAGIC, MAX_TENSORS, GGUFError, GGUFFile
+from zimage_turbo.fixtures.process_memory import reset_peak_rss, status_bytes
 
 MAX_SECONDS = 1.0
 DEADLINE = 30.0  # a call still running then is a hang
@@ -33,24 +34,6 @@ SPARSE_SIZE = 1 << 40
 
 
 # ------------------------------------------------------------------------------------------------ measuring
-def _peak_rss_reset() -> int | None:
-    """Reset the peak RSS (VmHWM) and return the current RSS; None where Linux does not allow it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _vm("VmRSS")
-    except OSError:
-        return None
-
-
-def _vm(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 @dataclass
 class Outcome:
     result: Any
@@ -78,7 +61,7 @@ def _run(fn: Callable[[], Any], fifo: Path | None = None) -> Outcome:
             box["error"] = exc
         box["seconds"] = time.perf_counter() - start
 
-    before = _peak_rss_reset()
+    before = reset_peak_rss()
     worker = threading.Thread(target=work, daemon=True)
     worker.start()
     worker.join(DEADLINE)
@@ -86,7 +69,7 @@ def _run(fn: Callable[[], Any], fifo: Path | None = None) -> Outcome:
         if fifo is not None:
             _unblock(fifo)
         pytest.fail(f"still running after {DEADLINE:.0f} s: the call hangs")
-    growth = _vm("VmHWM") - before if before is not None else None
+    growth = status_bytes("VmHWM") - before if before is not None else None
     return Outcome(box.get("result"), box.get("error"), box["seconds"], growth)
 
 
