@@ -1,8 +1,9 @@
 """`python -m zimage_turbo download TIER|FILE… [--models-dir DIR] [--list] [--dry-run]`.
 
-TIER is a shipped workflow (`6gb`, `8gb`, `12gb`, `24gb`, `basic`, `img2img`, or its full name): the files its
-`properties.models` entries name. FILE is a file name from the catalog (`--list`). Files already present are
-left untouched; the rest are downloaded from Hugging Face (HF_ENDPOINT and HF_TOKEN as the Hub tooling reads them).
+TIER is a shipped workflow's id (`6gb`, `8gb`, `12gb`, `24gb`, `basic`, `img2img`, …; `--list` shows them) or
+its file name: the files its `properties.models` entries name. FILE is a file name from the catalog (`--list`).
+Files already present are left untouched; the rest are downloaded from Hugging Face (HF_ENDPOINT and HF_TOKEN as
+the Hub tooling reads them).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def default_models_dir() -> Path:
 
 def list_files() -> None:
     print("Tiers (shipped workflows):")
-    workflows = {name.removeprefix("z_image_turbo_"): path for name, path in shipped_workflows().items()}
+    workflows = shipped_workflows()
     width = max(map(len, workflows), default=0)
     for name, path in workflows.items():
         try:

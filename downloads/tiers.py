@@ -1,4 +1,10 @@
-"""Which files a tier needs: the `properties.models` entries of the shipped workflow, looked up in the catalog."""
+"""Which files a tier needs: the `properties.models` entries of the shipped workflow, looked up in the catalog.
+
+A shipped workflow's file name is its template card title ("01 Turbo 6 GB.json"); the tools name it by
+the short id stored in it (`extra.zimage_turbo.id`: `6gb`, `basic`, `base_12gb`, written by
+scripts/build_workflows.py), and accept its former file name (`extra.zimage_turbo.former_name`, e.g.
+`z_image_turbo_6gb`) and its file name too.
+"""
 from __future__ import annotations
 
 import json
@@ -7,16 +13,27 @@ from pathlib import Path
 from .catalog import PublishedFile, by_name
 
 WORKFLOWS_DIR = Path(__file__).resolve().parents[1] / "workflows"
-WORKFLOW_PREFIX = "z_image_turbo_"
 
 
 class UnknownFileError(LookupError):
     """A name that is neither a shipped workflow (tier) nor a catalog file."""
 
 
+def workflow_names(path: Path) -> dict:
+    """The workflow's `extra.zimage_turbo` entry ({"id", "former_name"}); {"id": <file stem>} when it has none."""
+    extra = (json.loads(path.read_text(encoding="utf-8")).get("extra") or {}).get("zimage_turbo") or {}
+    return {"id": path.stem, **extra}
+
+
 def shipped_workflows(workflows_dir: Path = WORKFLOWS_DIR) -> dict[str, Path]:
-    """{workflow name: UI json path} of the shipped workflows (API twins live in workflows/api/)."""
-    return {p.stem: p for p in sorted(workflows_dir.glob("*.json"))}
+    """{workflow id: UI json path} of the shipped workflows in file-name order, which is the tier order (API twins
+    live in workflows/api/ under the same file name)."""
+    return {workflow_names(p)["id"]: p for p in sorted(workflows_dir.glob("*.json"))}
+
+
+def api_twin(path: Path) -> Path:
+    """The API-format twin of a shipped UI workflow."""
+    return path.parent / "api" / path.name
 
 
 def workflow_model_entries(path: Path) -> list[dict]:
@@ -46,12 +63,14 @@ def workflow_files(path: Path) -> list[PublishedFile]:
 
 
 def find_workflow(name: str, workflows_dir: Path = WORKFLOWS_DIR) -> Path | None:
-    """A shipped workflow by name: `z_image_turbo_6gb`, `6gb`, `6GB` or `6` all name the 6 GB tier."""
-    workflows = shipped_workflows(workflows_dir)
+    """A shipped workflow by id, former name or file name: `6gb`, `6GB`, `6`, `z_image_turbo_6gb` and
+    `01 Turbo 6 GB` all name the 6 GB tier."""
     key = name.strip().lower().removesuffix(".json")
-    for candidate in (key, WORKFLOW_PREFIX + key, WORKFLOW_PREFIX + key + "gb"):
-        if candidate in workflows:
-            return workflows[candidate]
+    for path in sorted(workflows_dir.glob("*.json")):
+        names = workflow_names(path)
+        known = {path.stem.lower(), names["id"], names["id"].removesuffix("gb"), names.get("former_name")}
+        if key in known:
+            return path
     return None
 
 
@@ -66,7 +85,7 @@ def resolve(names: list[str], workflows_dir: Path = WORKFLOWS_DIR) -> list[Publi
         elif name in catalog:
             rows = [catalog[name]]
         else:
-            tiers = ", ".join(n.removeprefix(WORKFLOW_PREFIX) for n in shipped_workflows(workflows_dir))
+            tiers = ", ".join(shipped_workflows(workflows_dir))
             raise UnknownFileError(f"'{name}' is neither a tier/workflow ({tiers}) nor a file of the catalog "
                                    "(see `download --list`)")
         out += [r for r in rows if r not in out]

@@ -14,6 +14,7 @@ import time
 import urllib.error
 from pathlib import Path
 
+from ..downloads.tiers import find_workflow, shipped_workflows
 from ..quant import output_file
 from ..quant.regular_file import NotARegularFile, open_regular_file
 from ..quant.signal_guard import SignalGuard
@@ -48,6 +49,18 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: --seed {args.seed}: must be from 0 to {SEED_MAX} (2^64 - 1)")
     if not 0 < args.timeout < float("inf"):
         raise SystemExit(f"error: --timeout {args.timeout}: must be a positive number of seconds")
+
+
+def workflow_argument(name: str) -> str:
+    """The workflow file `run` was given: an existing path as it is, else the shipped workflow with that id
+    (`basic`, `6gb`, …) or former name; an unknown name is refused naming the ids."""
+    if os.path.lexists(name):
+        return name
+    shipped = find_workflow(name)
+    if shipped is None:
+        raise WorkflowError(f"{name}: expected a workflow file (.json) or a shipped workflow's id "
+                            f"({', '.join(shipped_workflows())}), found no file at this path")
+    return str(shipped)
 
 
 def read_workflow(path: str | os.PathLike) -> dict:
@@ -133,6 +146,7 @@ def run(args: argparse.Namespace) -> Path:
     """Check everything that can be checked, then start (or reach) the server, run the workflow and save the
     picture; SIGTERM stops a started server like Ctrl-C does."""
     check_arguments(args)
+    args.workflow = workflow_argument(args.workflow)
     workflow = read_workflow(args.workflow)
     out = prepare_output(Path(args.out))
     models_dir = Path(args.models_dir) if args.models_dir else find_comfyui_dir() / "models"
@@ -234,7 +248,8 @@ def _link_models(base: Path, tiny_dir: Path) -> None:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="run a workflow (UI or API JSON) and save its image")
-    p.add_argument("workflow", help="e.g. workflows/z_image_turbo_basic.json")
+    p.add_argument("workflow", help="a shipped workflow's id (basic, 6gb, 8gb, 12gb, 24gb, img2img, …: `download "
+                   "--list` shows them) or a workflow file (UI or API JSON)")
     p.add_argument("--prompt", help="replace the text of the first CLIPTextEncode")
     p.add_argument("--seed", type=int, help="sampler seed")
     p.add_argument("--width", type=int)

@@ -41,7 +41,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import PurePosixPath
 
+from ..downloads.tiers import find_workflow
 from ..loaders.keymaps import block_index, can_drop_last, llama_cpp_to_hf, unused_qwen3_keys
 from .files import FP8_TYPES, ST_BYTES, ModelFile
 
@@ -284,7 +287,8 @@ class Plan:
     host: HostProfile
     decode_tiles: tuple[int, int] | None
     tier_gb: int = 0
-    workflow: str = ""
+    tier: str = ""  # the tier workflow's id (`6gb`), what `download` and `run` take
+    workflow: str = ""  # its file, relative to the pack (its stem is the template card's title)
     notes: list[str] = field(default_factory=list)
     control_patch: ModelFile | None = None
 
@@ -312,7 +316,7 @@ class Plan:
         g = lambda b: f"{b / GiB:6.2f}"  # noqa: E731
         lines = [f"Card {self.vram / GiB:.1f} GiB, {self.width}x{self.height}, batch {self.batch}"
                  f" -> {'fits' if self.fits else 'DOES NOT FIT'}"
-                 + (f", tier workflow {self.workflow}" if self.workflow else ""),
+                 + (f', tier workflow "{PurePosixPath(self.workflow).stem}" (id {self.tier})' if self.workflow else ""),
                  f"  text encoder: {self.te.label}", f"  DiT:          {self.dit.label}",
                  f"  VAE:          {self.vae.label}",
                  *([f"  ControlNet:   {self.control_patch.label}"] if self.control_patch else []),
@@ -424,24 +428,22 @@ def plan(te: ModelFile, dit: ModelFile, vae: ModelFile, vram: int, width: int = 
     p = Plan(vram, width, height, batch, te, dit, vae, stages, host, tiles, control_patch=control_patch)
     workflows = CONTROLNET_TIER_WORKFLOWS if control_patch else MODEL_TIER_WORKFLOWS[model]
     p.tier_gb = tier_for(vram, workflows)
-    p.workflow = workflows[p.tier_gb]
+    p.tier = workflows[p.tier_gb]
+    p.workflow = tier_workflow_file(p.tier)
     return p
 
 
 # ------------------------------------------------------------------------------------------ tiers/choices
-# The shipped tier workflows (workflows/ folder) and the card size each one is built for.
-TIER_WORKFLOWS = {6: "workflows/z_image_turbo_6gb.json", 8: "workflows/z_image_turbo_8gb.json",
-                  12: "workflows/z_image_turbo_12gb.json", 24: "workflows/z_image_turbo_24gb.json"}
+# The card size each shipped tier workflow is built for -> its id (`extra.zimage_turbo.id` in workflows/).
+TIER_WORKFLOWS = {6: "6gb", 8: "8gb", 12: "12gb", 24: "24gb"}
 
 
 # The ControlNet workflows (canny variant named; depth/pose and inpaint ones exist for the same tiers).
-CONTROLNET_TIER_WORKFLOWS = {6: "workflows/z_image_turbo_controlnet_canny_6gb.json",
-                             12: "workflows/z_image_turbo_controlnet_canny_12gb.json"}
+CONTROLNET_TIER_WORKFLOWS = {6: "controlnet_canny_6gb", 12: "controlnet_canny_12gb"}
 
 
 # Z-Image Base (cfg 4, 28 steps): 6-8 GB cards run unsloth's Q4_K_M GGUF DiT, 12 GB the bf16 file as fp8.
-BASE_TIER_WORKFLOWS = {6: "workflows/z_image_base_6gb.json", 12: "workflows/z_image_base_12gb.json",
-                       24: "workflows/z_image_base_24gb.json"}
+BASE_TIER_WORKFLOWS = {6: "base_6gb", 12: "base_12gb", 24: "base_24gb"}
 MODEL_TIER_WORKFLOWS = {"turbo": TIER_WORKFLOWS, "base": BASE_TIER_WORKFLOWS}
 MODEL_CFG = {"turbo": 1.0, "base": 4.0}  # the sampler presets' guidance (sampling/presets.py)
 
@@ -449,6 +451,13 @@ MODEL_CFG = {"turbo": 1.0, "base": 4.0}  # the sampler presets' guidance (sampli
 def cfg_batches_conds(cfg: float, memory_required_2b: int, free: int) -> bool:
     """Whether ComfyUI runs positive and negative in one call: cfg > 1 and memory_required(2B)·1.5 < free."""
     return cfg != 1.0 and memory_required_2b * 1.5 < free
+
+
+@lru_cache(maxsize=None)
+def tier_workflow_file(tier: str) -> str:
+    """`workflows/<file name>` of the shipped workflow with this id ("" if the pack lacks it)."""
+    path = find_workflow(tier)
+    return f"workflows/{path.name}" if path else ""
 
 
 def tier_for(vram: int, workflows: dict[int, str] = TIER_WORKFLOWS) -> int:

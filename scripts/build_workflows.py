@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write the shipped workflows and everything made from them.
 
-For each workflow declared here (the basic one, one per VRAM tier, an img2img variant):
+For each workflow declared here (one per VRAM tier, the basic one, img2img, LoRA, ControlNet and Base ones):
 
 - workflows/<name>.json      UI-format graph (what the frontend opens; the template browser lists this folder)
 - workflows/api/<name>.json  its API-format twin: the UI graph converted with the same converter the tests and the
@@ -11,6 +11,13 @@ For each workflow declared here (the basic one, one per VRAM tier, an img2img va
                              writes them (json.dumps), so dropping the PNG onto ComfyUI restores the graph
 - workflows/<name>.jpg       the template browser's thumbnail (the frontend looks for <name>.jpg beside the JSON)
 - workflows/icon.png         the pack's icon (pyproject.toml [tool.comfy] Icon)
+
+<name> is what the template browser shows as the card's title and, with '-' and '_' made spaces, as its
+description (frontends do so for custom-node templates, listed in the server's directory order): "01 Turbo 6 GB"
+… "16 Base 24 GB", numbered in VARIANTS order so that the browser's alphabetical sort shows the tiers in order,
+short enough for one card line, without '-' or '_'. The tools name a workflow by its short id (`6gb`, `basic`,
+`base_12gb`), stored in the UI graph as `extra.zimage_turbo.id` with its former file name (`z_image_turbo_6gb`)
+as `extra.zimage_turbo.former_name` (downloads/tiers.py reads both).
 
     .venv/bin/python scripts/build_workflows.py [--check]
 
@@ -22,6 +29,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import sys
 import textwrap
 import uuid
@@ -51,7 +59,8 @@ from zimage_turbo.sampling.presets import PRESETS  # noqa: E402  (pure data)
 @dataclass(frozen=True)
 class Variant:
     """One shipped workflow: which files it loads and how it decodes."""
-    name: str
+    id: str  # what the tools take: `download 6gb`, `run basic` (extra.zimage_turbo.id)
+    title: str  # the template card's title, after its number (the file name is `NN <title>`)
     label: str  # big text on the card, e.g. "6 GB"
     headline: str  # one line: what it is for
     dit: ModelFile
@@ -67,6 +76,17 @@ class Variant:
     patch_dtype: str = "default"
     model: str = "turbo"  # "base": Z-Image Base (sampling preset, negative prompt, step cache; issue 19)
     lora: ModelFile | None = None  # a ZImageLoraLoader between the loaders and the sampler/prompt (issue 17)
+
+    @property
+    def name(self) -> str:
+        """The file stem (and template card title): its number in VARIANTS, so alphabetical = tier order."""
+        return f"{VARIANTS.index(self) + 1:02d} {self.title}"
+
+    @property
+    def former_name(self) -> str:
+        """The file stem before readable titles (`z_image_turbo_6gb`): still accepted by the tools, and the
+        prefix of the pictures the workflow saves."""
+        return ("z_image_" if self.model == "base" else "z_image_turbo_") + self.id
 
     @property
     def sampling(self):
@@ -92,35 +112,51 @@ class Variant:
 
 
 VARIANTS = [
-    Variant("z_image_turbo_basic", "basic", "Text to image with the official files (24 GB class cards)",
-            DIT_BF16, "default", TE_BF16, seed_control="fixed", accent="#3f789e",
-            advice=("Turbo is distilled for 8 steps at cfg 1: no negative prompt is needed (and none is run). "
-                    "Set the seed control to 'randomize' for a new picture each run.",)),
-    Variant("z_image_turbo_6gb", "6 GB", "Text to image for 6 GB cards", DIT_Q4_K_M, "default", TE_Q4_K_M,
+    Variant("6gb", "Turbo 6 GB", "6 GB", "Text to image for 6 GB cards", DIT_Q4_K_M, "default", TE_Q4_K_M,
             tiled_decode=True, accent="#8a5a2b",
             advice=("Both big models are 4-bit GGUF (the DiT stays quantized in memory) and the VAE decodes in "
                     "512 px tiles, so the peak stays low. A Q5_K_M text encoder (Qwen3-4B-Q5_K_M.gguf, 2.89 GB) "
                     "also fits: pick it in the text encoder loader.",
                     "Still out of memory? Start ComfyUI with the flag --lowvram")),
-    Variant("z_image_turbo_8gb", "8 GB", "Text to image for 8 GB cards", DIT_BF16, "fp8_e4m3fn", TE_Q6_K,
+    Variant("8gb", "Turbo 8 GB", "8 GB", "Text to image for 8 GB cards", DIT_BF16, "fp8_e4m3fn", TE_Q6_K,
             accent="#6b8e23",
             advice=("The DiT is the official bf16 file loaded with weight_dtype fp8_e4m3fn: half the memory of "
                     "bf16 (about 6.2 GB). The text encoder is a 6-bit GGUF; ComfyUI moves it out of VRAM "
                     "before sampling.",)),
-    Variant("z_image_turbo_12gb", "12 GB", "Text to image for 12 GB cards", DIT_BF16, "fp8_e4m3fn", TE_Q8_0,
-            accent="#2e8b7a",
+    Variant("12gb", "Turbo 12 GB", "12 GB", "Text to image for 12 GB cards", DIT_BF16, "fp8_e4m3fn",
+            TE_Q8_0, accent="#2e8b7a",
             advice=("fp8 DiT (the official bf16 file with weight_dtype fp8_e4m3fn) and an 8-bit GGUF text "
                     "encoder, which is close to bf16 quality.",)),
-    Variant("z_image_turbo_24gb", "24 GB", "Text to image in full bf16 for 16-24 GB cards", DIT_BF16, "default",
-            TE_BF16, accent="#7a3f9e",
+    Variant("24gb", "Turbo 16 to 24 GB", "24 GB", "Text to image in full bf16 for 16-24 GB cards", DIT_BF16,
+            "default", TE_BF16, accent="#7a3f9e",
             advice=("Everything in bf16, the quality reference. The DiT alone is 12.3 GB: on 16 GB cards "
                     "ComfyUI offloads the text encoder between prompts.",)),
-    Variant("z_image_turbo_img2img", "img2img", "Image to image (8 GB tier files)", DIT_BF16, "fp8_e4m3fn",
-            TE_Q6_K, img2img=True, accent="#9e3f5a",
+    Variant("basic", "Turbo basic (official files)", "basic",
+            "Text to image with the official files (24 GB class cards)",
+            DIT_BF16, "default", TE_BF16, seed_control="fixed", accent="#3f789e",
+            advice=("Turbo is distilled for 8 steps at cfg 1: no negative prompt is needed (and none is run). "
+                    "Set the seed control to 'randomize' for a new picture each run.",)),
+    Variant("img2img", "Turbo img2img", "img2img", "Image to image (8 GB tier files)", DIT_BF16,
+            "fp8_e4m3fn", TE_Q6_K, img2img=True, accent="#9e3f5a",
             advice=("Load a picture in 'Input image'; denoise sets how much changes (0.6 keeps the composition, "
                     "0.8-0.9 repaints more). The output takes the input's size (sides are rounded to what the "
                     "VAE needs). Swap the loaders for another tier's files as you like.",)),
 ]
+# ------------------------------------------------------------------------------ LoRA variant (issue 17)
+# The LoRA slot ships with DiffSynth-Studio's Z-Image-Turbo DistillPatch, a real published Turbo LoRA (bare
+# DiffSynth keys) that the missing-model dialog can download; users pick their own LoRA in its place.
+from zimage_turbo.downloads.catalog import LORA_DISTILL_PATCH  # noqa: E402
+LORA_ADVICE = ("Pick your LoRA in 'LoRA' (models/loras): ComfyUI, ai-toolkit, diffusers/PEFT, DiffSynth, kohya / "
+               "musubi-tuner and LyCORIS files load as they are. 'LoRA report' shows the format found, how many "
+               "weights it patched and every key it could not map. The slot ships with DiffSynth's "
+               "Z-Image-Turbo DistillPatch (model.safetensors), which keeps 8-step quality for LoRAs trained "
+               "on Turbo without an adapter; chain a second Z-Image LoRA Loader for your own LoRA.")
+VARIANTS.append(Variant("8gb_lora", "Turbo LoRA 8 GB", "LoRA 8 GB",
+                        "Text to image with a LoRA for 8 GB cards", DIT_BF16, "fp8_e4m3fn", TE_Q6_K,
+                        accent="#9e7a3f", lora=LORA_DISTILL_PATCH,
+                        advice=(LORA_ADVICE, "The DiT is the official bf16 file run as fp8: the LoRA runs beside "
+                                "the fp8 layers (never baked into them); on GGUF DiTs beside the quantized "
+                                "blocks.")))
 # ------------------------------------------------------------------------------ Fun ControlNet variants (issue 18)
 CONTROLNET_ADVICE = {
     "canny": "Load a photo or drawing in 'Control image': core's Canny node turns it into edges the picture follows.",
@@ -149,10 +185,10 @@ def controlnet_variants() -> list[Variant]:
                           "ControlNet Loader; a GGUF made with `python -m zimage_turbo quantize <patch>.safetensors "
                           "<patch>-Q8_0.gguf --type Q8_0` (or Q4_K) in models/model_patches loads there too and "
                           "stays quantized.")
-            out.append(Variant(f"z_image_turbo_controlnet_{kind}_{tier}", f"{word} {gb} GB",
-                               f"ControlNet ({what}) for {gb} GB cards", dit, dit_dtype, te, tiled_decode=tiled,
-                               accent="#5a4a9e", controlnet=mode, patch=patch, patch_dtype=patch_dtype,
-                               advice=(CONTROLNET_ADVICE[mode], patch_note)))
+            out.append(Variant(f"controlnet_{kind}_{tier}", f"ControlNet {word} {gb} GB",
+                               f"{word} {gb} GB", f"ControlNet ({what}) for {gb} GB cards", dit, dit_dtype, te,
+                               tiled_decode=tiled, accent="#5a4a9e", controlnet=mode, patch=patch,
+                               patch_dtype=patch_dtype, advice=(CONTROLNET_ADVICE[mode], patch_note)))
     return out
 
 
@@ -172,24 +208,10 @@ BASE_TIERS = (  # (tier, DiT, its weight_dtype, text encoder, tiled decode, advi
      "text encoder."),
     ("24gb", DIT_BASE_BF16, "default", TE_BF16, False, "Everything in bf16, the quality reference."),
 )
-VARIANTS += [Variant(f"z_image_base_{tier}", f"Base {tier.removesuffix('gb')} GB",
+VARIANTS += [Variant(f"base_{tier}", f"Base {tier.removesuffix('gb')} GB", f"Base {tier.removesuffix('gb')} GB",
                      f"Z-Image Base text to image for {tier.removesuffix('gb')} GB cards", dit, dtype, te,
                      tiled_decode=tiled, accent="#3f5a9e", model="base", advice=(BASE_ADVICE, advice))
              for tier, dit, dtype, te, tiled, advice in BASE_TIERS]
-# ------------------------------------------------------------------------------ LoRA variant (issue 17)
-# The LoRA slot ships with DiffSynth-Studio's Z-Image-Turbo DistillPatch, a real published Turbo LoRA (bare
-# DiffSynth keys) that the missing-model dialog can download; users pick their own LoRA in its place.
-from zimage_turbo.downloads.catalog import LORA_DISTILL_PATCH  # noqa: E402
-LORA_ADVICE = ("Pick your LoRA in 'LoRA' (models/loras): ComfyUI, ai-toolkit, diffusers/PEFT, DiffSynth, kohya / "
-               "musubi-tuner and LyCORIS files load as they are. 'LoRA report' shows the format found, how many "
-               "weights it patched and every key it could not map. The slot ships with DiffSynth's "
-               "Z-Image-Turbo DistillPatch (model.safetensors), which keeps 8-step quality for LoRAs trained "
-               "on Turbo without an adapter; chain a second Z-Image LoRA Loader for your own LoRA.")
-VARIANTS.append(Variant("z_image_turbo_8gb_lora", "LoRA 8 GB", "Text to image with a LoRA for 8 GB cards", DIT_BF16,
-                        "fp8_e4m3fn", TE_Q6_K, accent="#9e7a3f", lora=LORA_DISTILL_PATCH,
-                        advice=(LORA_ADVICE, "The DiT is the official bf16 file run as fp8: the LoRA runs beside "
-                                "the fp8 layers (never baked into them); on GGUF DiTs beside the quantized "
-                                "blocks.")))
 TIERS = [v for v in VARIANTS if v.label.endswith("GB")]
 
 
@@ -241,11 +263,11 @@ def graph_spec(v: Variant) -> tuple[list[Node], list[tuple], list[tuple]]:
     else:
         decode = Node(6, "VAEDecode", "Decode", [1300, 90], [320, 46], [], [("samples", "LATENT"), ("vae", "VAE")],
                       [("IMAGE", "IMAGE")])
-    if v.name == "z_image_turbo_basic":
+    if v.id == "basic":
         save = Node(7, "SaveImage", "Save", [1300, 290], [420, 450], ["z_image_turbo"], [("images", "IMAGE")], [])
     else:
         save = Node(7, "ZImageSaveImage", "Save (with A1111 parameters)", [1300, 290], [420, 450],
-                    [v.name, True],
+                    [v.former_name, True],
                     [("images", "IMAGE")], [])
     nodes += [sampler, decode, save]
     links += [(next_link, 5, 0, 6, 0, "LATENT"), (next_link + 1, 3, 0, 6, 1, "VAE"),
@@ -364,11 +386,6 @@ def add_base_nodes(nodes: list[Node], links: list[tuple], groups: list[tuple]) -
     groups.append(("Base: negative prompt and step cache", [420, 830, 920, 300], "#3f5a9e"))
 
 
-def download_name(v: Variant) -> str:
-    """What `python -m zimage_turbo download` takes for this workflow (`6gb` for z_image_turbo_6gb)."""
-    return v.name.removeprefix("z_image_turbo_")
-
-
 def _steps_cfg(v: Variant) -> str:
     return f"{v.sampling.steps} steps, cfg {v.sampling.cfg:g}" + (" with the negative prompt" if v.model == "base" else "")
 
@@ -381,13 +398,14 @@ def note_text(v: Variant) -> str:
         lines.append(f"- models/{f.directory}/{f.name}{size}\n  from {f.url}")
     if any(f.name.endswith(".gguf") for f in v.files):  # the dialog offers no Download button for .gguf
         lines += ["GGUF files get no Download button there; one command fetches, resumes and checks them all:",
-                  f"  python -m zimage_turbo download {download_name(v)} --models-dir <ComfyUI>/models",
+                  f"  python -m zimage_turbo download {v.id} --models-dir <ComfyUI>/models",
                   "  (see the pack's README, Install)"]
     size = ("the input image's size, denoise 0.6" if v.img2img else "1024x1024")
     lines += ["", *v.advice, "",
               f"Defaults: {size}, {_steps_cfg(v)}, euler / simple, shift 3. Press Queue (Run)."]
     if not v.img2img:
-        lines.append("Other cards: workflows z_image_turbo_6gb / 8gb / 12gb / 24gb in this pack's templates.")
+        tiers = [t for t in TIERS if t.model == v.model and not (t.controlnet or t.lora)]
+        lines.append("Other cards: this pack's templates " + ", ".join(f"'{t.name}'" for t in tiers) + ".")
     return "\n".join(lines)
 
 
@@ -418,12 +436,15 @@ def build_ui(v: Variant) -> dict:
                      "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [note_text(v)],
                      "color": "#432", "bgcolor": "#653"})
     return {
-        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-zimage-turbo/{v.name}")), "revision": 0,
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-zimage-turbo/{v.former_name}")), "revision": 0,
         "last_node_id": note_id, "last_link_id": max(l[0] for l in links),
         "nodes": ui_nodes, "links": [list(l) for l in links],
         "groups": [{"id": i + 1, "title": title, "bounding": box, "color": color, "font_size": 24, "flags": {}}
                    for i, (title, box, color) in enumerate(groups)],
-        "config": {}, "extra": {"ds": {"scale": 0.75, "offset": [110, 90]}}, "version": 0.4,
+        "config": {},
+        "extra": {"ds": {"scale": 0.75, "offset": [110, 90]},
+                  "zimage_turbo": {"id": v.id, "former_name": v.former_name}},
+        "version": 0.4,
     }
 
 
@@ -625,9 +646,25 @@ def object_info_in_process() -> dict:
     return {name: {"input": cls.INPUT_TYPES()} for name, cls in classes.items()}
 
 
+# A file name every OS and the frontend's template URLs take: printable ASCII without what Windows forbids
+# (<>:"/\\|?*) or what a URL path would cut (#, %), no leading or trailing space or dot; no '-' or '_', which the
+# template browser turns into spaces in the card's description.
+PORTABLE_NAME = re.compile(r"(?![ .])[ !$&'()+,.0-9;=@A-Z\[\]^`a-z{}~]+(?<![ .])")
+
+
+def check_names() -> None:
+    """Every stem portable, ids unique, and the stems' alphabetical order the order of VARIANTS."""
+    names = [v.name for v in VARIANTS]
+    bad = [n for n in names if not PORTABLE_NAME.fullmatch(n)]
+    if bad or sorted(names) != names or len({v.id for v in VARIANTS}) != len(VARIANTS):
+        raise SystemExit(f"workflow names: not portable or readable {bad}, or not in VARIANTS order, or an id "
+                         "repeated")
+
+
 def generate(info: dict) -> dict[Path, tuple[bytes, str]]:
     """{path: (content, kind)} of every generated file; kind is json, png or jpg."""
     from zimage_turbo.headless.workflow import ui_to_api
+    check_names()
     out: dict[Path, tuple[bytes, str]] = {}
     for v in VARIANTS:
         ui = build_ui(v)

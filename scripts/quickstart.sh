@@ -7,4 +7,4 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 bash scripts/setup_host.sh "${ZIT_HOST:-0.30}"
 venv=.venv; [[ ${ZIT_HOST:-0.30} == 0.3.75 ]] && venv=.venv-0.3.75
-exec "$venv/bin/python" -m zimage_turbo run workflows/z_image_turbo_basic.json "$@"
+exec "$venv/bin/python" -m zimage_turbo run basic "$@"  # the shipped workflow "05 Turbo basic (official files)"

@@ -2,12 +2,13 @@
 
 From the test server's own page, each workflow is opened the way users open it: from the template browser (the
 pack's entry under Extensions, clicking its card, whose thumbnail must have loaded) and by dropping its PNG card
-onto the canvas. After each load: the node count and links match the file, every node type is registered, the
-widget values survived, the frontend's own conversion (graphToPrompt) equals the API twin, the frontend reports
-no missing node types and no errors other than the model files a test server lacks, and it offers exactly the
-workflow's model files (with their URLs on frontends that keep them) for download. A broken copy with an unknown
-node type must be reported, so the check above can fail. Screenshots go to $ZIT_ARTIFACTS (default: a pytest temp
-folder), one folder per frontend version.
+onto the canvas. The cards show the readable titles (the file names, uncut) and, sorted A → Z in the browser's
+sort menu, appear in tier order. After each load: the node count and links match the file, every node type is
+registered, the widget values survived, the frontend's own conversion (graphToPrompt) equals the API twin, the
+frontend reports no missing node types and no errors other than the model files a test server lacks, and it offers
+exactly the workflow's model files (with their URLs on frontends that keep them) for download. A broken copy with an
+unknown node type must be reported, so the check above can fail. Screenshots go to $ZIT_ARTIFACTS (default: a
+pytest temp folder), one folder per frontend version.
 
 Runs wherever chromium and chromedriver are installed (scripts/install_browser.sh); without them it is skipped,
 except under CI (env CI set), where it fails.
@@ -26,12 +27,16 @@ from pathlib import Path
 
 import pytest
 
+from zimage_turbo.downloads.tiers import shipped_workflows
+from zimage_turbo.fixtures.workflow_files import TIER_ORDER
+from zimage_turbo.fixtures.workflow_files import shipped_graphs as _load
 from zimage_turbo.headless.server import PACK_FOLDER_NAME
 
 pytestmark = pytest.mark.server
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOWS = REPO / "workflows"
-NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+SHIPPED = shipped_workflows()  # {id: UI json path}
+NAMES = list(SHIPPED)  # ids (`6gb`, `basic`, …), in tier order
+TITLES = [p.stem for p in SHIPPED.values()]  # the file names: what the cards are titled, in tier order
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -42,9 +47,10 @@ CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
 THUMB_SIZE = 512
 
 
-def _load(name: str) -> tuple[dict, dict]:
-    return (json.loads((WORKFLOWS / f"{name}.json").read_text()),
-            json.loads((WORKFLOWS / "api" / f"{name}.json").read_text()))
+def _card(name: str) -> str:
+    """JS expression: the template browser's card of the shipped workflow with this id."""
+    selector = f'[data-testid="template-workflow-{SHIPPED[name].stem}"]'
+    return f"document.querySelector({json.dumps(selector)})"
 
 
 def _browser_missing() -> str | None:
@@ -108,6 +114,16 @@ return JSON.stringify({titleHeight: th,
   groups: (app.graph.groups || app.graph._groups || []).map(g => ({title: g.title,
     box: Array.from(g._bounding || g.bounding)}))});"""
 TITLE_MARGIN_PX = 30  # the collapse dot and padding beside the title text
+# The pack's template cards in page order: [file name, title text, description text, title cut off]. A title
+# element is the card's first text leaf (h3 with line-clamp: a cut title wraps into the hidden second line).
+JS_PACK_CARDS = """const titles = new Set(arguments[0]);
+return Array.from(document.querySelectorAll('[data-testid^="template-workflow-"]'))
+  .map(c => [c.getAttribute('data-testid').slice('template-workflow-'.length), c])
+  .filter(([name]) => titles.has(name))
+  .map(([name, c]) => { const [t, d] = Array.from(c.querySelectorAll('h3, p')).filter(e => e.innerText.trim());
+    return [name, t && t.innerText.trim(), d && d.innerText.trim(), !!t && t.scrollHeight > t.clientHeight + 1]; });"""
+# the sort menu's A → Z entry (its label differs between frontend versions)
+ALPHABETICAL_LABEL = re.compile(r"^(A → Z|Alphabetical \(A-Z\))$")
 
 
 def _overlap(a: list, b: list) -> bool:
@@ -137,6 +153,7 @@ class Frontend:
     def __init__(self, driver, server, folder: Path):
         self.driver, self.server, self.folder = driver, server, folder
         self.version = driver.execute_script("return window.__COMFYUI_FRONTEND_VERSION__ || 'unknown'")
+        self.default_sort = driver.execute_script("return app.extensionManager.setting.get('Comfy.Templates.SortBy')")
 
     def js(self, script: str, *args):
         return self.driver.execute_script(script, *args)
@@ -184,12 +201,14 @@ class Frontend:
         self.js("app.extensionManager.command.execute('Comfy.BrowseTemplates')")
         entry = self.wait("the pack in the template browser", lambda: self.js(JS_FIND_TEXT, PACK_FOLDER_NAME))
         self.click(entry[-1])
-        self.wait("the pack's template cards",
-                  lambda: self.js("return document.querySelectorAll('[data-testid^=\"template-workflow-z_image\"]').length"))
+        self.wait("the pack's template cards", lambda: self.pack_cards())
+
+    def pack_cards(self) -> list:
+        return self.js(JS_PACK_CARDS, TITLES)
 
     def thumbnail_size(self, name: str) -> list:
         # scrolled into view first: the browser loads lazy thumbnails only near the viewport (16+ cards)
-        return self.js(f"const c = document.querySelector('[data-testid=\"template-workflow-{name}\"]');"
+        return self.js(f"const c = {_card(name)};"
                        "const i = c && c.querySelector('img');"
                        "if (c && !(i && i.complete)) c.scrollIntoView({block: 'center'});"
                        "return i && i.complete && i.naturalWidth ? [i.naturalWidth, i.naturalHeight] : null;")
@@ -330,14 +349,44 @@ def check_opened_cleanly(fe: Frontend, name: str, how: str, models_present: bool
 
 
 def test_template_browser_lists_pack_workflows_with_thumbnails(frontend):
+    """Every card, titled with its readable file name, in full (not cut off) and described by the same words
+    (the frontend's description is the file name with '-' and '_' made spaces), with its thumbnail."""
     frontend.open_template_browser()
-    cards = frontend.js("return Array.from(document.querySelectorAll('[data-testid^=\"template-workflow-\"]'))"
-                        ".map(e => e.getAttribute('data-testid').replace('template-workflow-', ''))")
-    assert sorted(c for c in cards if c.startswith("z_image")) == NAMES
+    cards = frontend.pack_cards()
+    assert sorted(c[0] for c in cards) == TITLES
+    for name, title, description, cut in cards:
+        assert (title, description, cut) == (name, name, False), f"frontend {frontend.version}: card {name}"
     for name in NAMES:
         size = frontend.wait(f"thumbnail of {name}", lambda: frontend.thumbnail_size(name), 20)
         assert size == [THUMB_SIZE, THUMB_SIZE]
     frontend.shot("template_browser")
+
+
+def choose_sort(fe: Frontend, label: re.Pattern) -> None:
+    """Pick the entry of the template browser's sort menu whose text matches, as a user does (two clicks)."""
+    menu = fe.js("return Array.from(document.querySelectorAll('[role=dialog] [role=combobox]'))"
+                 ".filter(e => /Sort by/.test(e.getAttribute('aria-label') || e.outerHTML)).pop()")
+    assert menu is not None, f"frontend {fe.version}: no sort menu in the template browser"
+    fe.click(menu)
+    entries = fe.wait("the sort menu's entries", lambda: fe.js("return document.querySelectorAll('[role=option]')"))
+    entry = next((e for e in entries if label.match(" ".join(e.text.split()))), None)  # no-break spaces too
+    assert entry is not None, f"frontend {fe.version}: the sort menu offers {[e.text for e in entries]}"
+    fe.click(entry)
+
+
+def test_template_browser_sorted_alphabetically_shows_the_tiers_in_order(frontend):
+    """What the README tells users: in the sort menu pick A → Z, and the cards are in tier order (6, 8, 12,
+    16-24 GB, basic, img2img, LoRA, ControlNet, Base). The default order is the server's directory order."""
+    fe = frontend
+    fe.open_template_browser()
+    choose_sort(fe, ALPHABETICAL_LABEL)
+    fe.wait("the sort preference saved", lambda: fe.js(
+        "return app.extensionManager.setting.get('Comfy.Templates.SortBy')") == "alphabetical", 10)
+    fe.shot("template_browser_sorted")
+    ids = {path.stem: name for name, path in SHIPPED.items()}
+    assert [ids[c[0]] for c in fe.pack_cards()] == TIER_ORDER, f"frontend {fe.version}: cards sorted A → Z"
+    fe.js("app.extensionManager.setting.set('Comfy.Templates.SortBy', arguments[0])", fe.default_sort)
+    fe.close_dialogs()
 
 
 def open_from_template_browser(fe: Frontend, name: str) -> None:
@@ -346,7 +395,7 @@ def open_from_template_browser(fe: Frontend, name: str) -> None:
     fe.close_dialogs()
     fe.clear_graph()
     fe.open_template_browser()
-    card = fe.js(f"return document.querySelector('[data-testid=\"template-workflow-{name}\"]')")
+    card = fe.js(f"return {_card(name)}")
     fe.js("arguments[0].scrollIntoView({block: 'center'})", card)
     fe.click(card)
 
@@ -362,14 +411,15 @@ def test_png_card_dropped_on_canvas_restores_workflow(frontend, name):
     skip_on_older_host(frontend, name)
     frontend.close_dialogs()
     frontend.clear_graph()
-    data = base64.b64encode((WORKFLOWS / f"{name}.png").read_bytes()).decode()
-    frontend.js(JS_DROP_FILE, data, f"{name}.png", "image/png")
+    png = SHIPPED[name].with_name(SHIPPED[name].stem + ".png")
+    data = base64.b64encode(png.read_bytes()).decode()
+    frontend.js(JS_DROP_FILE, data, png.name, "image/png")
     check_opened_cleanly(frontend, name, "png")
 
 
 def test_unknown_node_type_is_reported(frontend):
     """The check has teeth: the same frontend flags a copy whose VAE loader type does not exist."""
-    ui, _ = _load("z_image_turbo_8gb")
+    ui, _ = _load("8gb")
     broken = json.loads(json.dumps(ui))
     next(n for n in broken["nodes"] if n["type"] == "ZImageVAELoader")["type"] = "ZImageVAELoaderXL"
     frontend.close_dialogs()
@@ -441,7 +491,7 @@ def test_fresh_server_lists_every_file_on_first_page_load(fresh_frontend):
 def test_fresh_server_reports_a_file_it_lacks(fresh_frontend):
     """The check above has teeth on this server and within its settle time: a copy of the 6 GB workflow whose
     DiT file does not exist is reported (only that file)."""
-    ui, _ = _load("z_image_turbo_6gb")
+    ui, _ = _load("6gb")
     broken = json.loads(json.dumps(ui))
     loader = next(n for n in broken["nodes"] if n["type"] == "ZImageDiffusionModelLoader")
     gone = "z_image_turbo-Q4_K_M-not-downloaded.gguf"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW = REPO / "workflows" / "z_image_turbo_basic.json"
+WORKFLOW = REPO / "workflows" / "05 Turbo basic (official files).json"  # a path with spaces, as the shipped ones
 PROCESS_TIMEOUT = 120  # a loaded 2-core CI box needs ~15 s to import torch; a hang is what this catches
 IN_PROCESS_TIMEOUT = 30
 QUICK_SECONDS = 10  # the runner's refusals load no torch and start nothing: well under this

@@ -262,9 +262,10 @@ def test_planner_counts_the_patch_with_the_dit(tmp_path):
     with_patch = plan(te, dit, vae, 6 * GiB, control_patch=patch)
     assert with_patch.stage("sample").weights == without.stage("sample").weights + resident_bytes(patch)
     assert with_patch.stage("sample").activations > without.stage("sample").activations
-    assert with_patch.workflow.endswith("z_image_turbo_controlnet_canny_6gb.json")
+    assert (with_patch.tier, with_patch.workflow) == \
+        ("controlnet_canny_6gb", "workflows/08 ControlNet Canny 6 GB.json")
     assert "ControlNet:" in with_patch.table()
-    assert choose(files, 12 * GiB, control_patch=patch).best.workflow.endswith("controlnet_canny_12gb.json")
+    assert choose(files, 12 * GiB, control_patch=patch).best.tier == "controlnet_canny_12gb"
     fp8 = plan(te, dit, vae, 6 * GiB, control_patch=synthetic_control_patch("BF16"), patch_dtype="fp8_e4m3fn")
     bf16 = plan(te, dit, vae, 6 * GiB, control_patch=synthetic_control_patch("BF16"))
     assert fp8.stage("sample").weights < bf16.stage("sample").weights
@@ -278,16 +279,14 @@ def test_planner_counts_the_patch_with_the_dit(tmp_path):
         {t.name: (t.dtype, t.n_bytes) for t in synthetic.tensors}
 
 
-CONTROLNET_WORKFLOWS = [f"z_image_turbo_controlnet_{kind}_{tier}" for kind in ("canny", "depth", "inpaint")
+CONTROLNET_WORKFLOWS = [f"controlnet_{kind}_{tier}" for kind in ("canny", "depth", "inpaint")
                         for tier in ("6gb", "12gb")]
 
 
 @pytest.mark.parametrize("name", CONTROLNET_WORKFLOWS)
 def test_controlnet_workflows_have_what_users_need(name):
-    from pathlib import Path
-    folder = Path(__file__).resolve().parents[1] / "workflows"
-    ui = json.loads((folder / f"{name}.json").read_text())
-    api = json.loads((folder / "api" / f"{name}.json").read_text())
+    from zimage_turbo.fixtures.workflow_files import shipped_graphs
+    ui, api = shipped_graphs(name)
     by_type = {n["class_type"]: (k, n) for k, n in api.items()}
     _, loader = by_type["ZImageControlNetLoader"]
     apply_id, apply = by_type["ZImageFunControlnet"]
@@ -295,7 +294,7 @@ def test_controlnet_workflows_have_what_users_need(name):
     assert sampler["model"] == [apply_id, 0]
     assert apply["inputs"]["model"][0] == by_type["ZImageDiffusionModelLoader"][0]
     assert apply["inputs"]["model_patch"][0] == by_type["ZImageControlNetLoader"][0]
-    kind = name.split("_")[4]
+    kind = name.split("_")[1]
     image_id = by_type["LoadImage"][0]
     if kind == "canny":
         assert apply["inputs"]["image"] == [by_type["Canny"][0], 0]

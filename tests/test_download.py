@@ -260,14 +260,17 @@ def test_disk_filling_up_keeps_the_part_and_a_rerun_resumes(local, tiny_files, t
 def test_tier_names_resolve_to_the_workflow_files(local, tmp_path, capsys):
     from zimage_turbo.downloads.tiers import resolve
     six = resolve(["6gb"])
-    assert six == resolve(["z_image_turbo_6gb"]) == resolve(["6"])
+    # the id, the file name before readable titles (users' scripts), the card's title, its file name
+    assert six == resolve(["z_image_turbo_6gb"]) == resolve(["6"]) == resolve(["01 Turbo 6 GB"]) \
+        == resolve(["01 Turbo 6 GB.json"])
+    assert resolve(["z_image_base_12gb"]) == resolve(["base_12gb"]) != resolve(["12gb"])
     assert [f.name for f in six] == [catalog.DIT_Q4_K_M.name, catalog.TE_Q4_K_M.name, catalog.VAE.name]
     for f in six:
         _serve(local, f, b"\0" * 64)
     cli.run(argparse.Namespace(names=["6gb"], models_dir=str(tmp_path), list=False, dry_run=True))
     out = capsys.readouterr().out
     assert out.count("would") == 3 and local.requests("GET") == [] and not any(tmp_path.iterdir())
-    with pytest.raises(SystemExit, match="neither a tier"):
+    with pytest.raises(SystemExit, match=r"'7gb' is neither a tier/workflow \(6gb, 8gb, 12gb, 24gb, basic, .*\)"):
         cli.run(_args(["7gb"], tmp_path))
 
 

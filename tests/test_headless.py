@@ -1,4 +1,5 @@
-"""The README's first command: `python -m zimage_turbo run <workflow>` on the tiny models."""
+"""The README's first command: `python -m zimage_turbo run basic` (a shipped workflow's id, or a path) on the tiny
+models."""
 from __future__ import annotations
 
 import json
@@ -10,23 +11,24 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from zimage_turbo.headless.run import unique_path
+from zimage_turbo.headless.run import unique_path, workflow_argument
+from zimage_turbo.headless.workflow import WorkflowError
 
 pytestmark = pytest.mark.server
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW = REPO / "workflows" / "z_image_turbo_basic.json"
+WORKFLOW = REPO / "workflows" / "05 Turbo basic (official files).json"
 
 
-def _run(tmp_path, *extra: str) -> subprocess.CompletedProcess:
+def _run(tmp_path, workflow: str, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "ZIT_CACHE_DIR": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "zimage_turbo", "run", str(WORKFLOW), "--width", "64", "--height", "64",
+    cmd = [sys.executable, "-m", "zimage_turbo", "run", workflow, "--width", "64", "--height", "64",
            "--seed", "9", "--prompt", "a lighthouse", "--out", str(tmp_path / "out.png"), *extra]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_headless_run_starts_server_and_saves_png_with_workflow(tmp_path):
     (tmp_path / "models").mkdir()
-    proc = _run(tmp_path, "--models-dir", str(tmp_path / "models"))
+    proc = _run(tmp_path, "basic", "--models-dir", str(tmp_path / "models"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tiny RANDOM test models" in proc.stderr
     image = Image.open(tmp_path / "out.png")
@@ -39,10 +41,24 @@ def test_headless_run_starts_server_and_saves_png_with_workflow(tmp_path):
 
 def test_headless_run_against_running_server_never_overwrites(server, tmp_path):
     (tmp_path / "out.png").write_bytes(b"user's picture")
-    proc = _run(tmp_path, "--server", server.url, "--tiny")
+    proc = _run(tmp_path, str(WORKFLOW), "--server", server.url, "--tiny")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "out.png").read_bytes() == b"user's picture"
     assert Image.open(tmp_path / "out_2.png").size == (64, 64)
+
+
+def test_workflow_argument_is_a_path_or_a_shipped_workflow(tmp_path, monkeypatch):
+    """`run` takes a shipped workflow's id or former file name (no quoting of a path with spaces), and a path as
+    it is, even one named like an id; anything else is refused naming the ids."""
+    for name in ("basic", "BASIC", "z_image_turbo_basic", "05 Turbo basic (official files)"):
+        assert workflow_argument(name) == str(WORKFLOW)
+    assert workflow_argument("6") == str(REPO / "workflows" / "01 Turbo 6 GB.json")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "basic").write_text("{}")
+    assert workflow_argument("basic") == "basic"
+    with pytest.raises(WorkflowError, match=r"^7gb: expected a workflow file \(\.json\) or a shipped workflow's id "
+                                            r"\(6gb, 8gb, 12gb, 24gb, basic, img2img, .*\), found no file at this path$"):
+        workflow_argument("7gb")
 
 
 def test_unique_path(tmp_path):

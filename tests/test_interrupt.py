@@ -18,15 +18,15 @@ from pathlib import Path
 import pytest
 
 from zimage_turbo.fixtures.tiny_models import TINY_FILE_NAMES
+from zimage_turbo.fixtures.workflow_files import shipped_graphs
 from zimage_turbo.headless.server import history_error, output_images
 from zimage_turbo.headless.workflow import set_inputs, substitute_models
 
-REPO = Path(__file__).resolve().parents[1]
 LOADER_NODES = {"1", "2", "3"}  # the DiT, text encoder and VAE loaders of the shipped API workflow
 
 
 def _prompt(seed: int, steps: int, prefix: str, size: int = 64) -> dict:
-    api = json.loads((REPO / "workflows" / "api" / "z_image_turbo_basic.json").read_text())
+    api = shipped_graphs("basic")[1]
     prompt = substitute_models(api, TINY_FILE_NAMES)
     set_inputs(prompt, "ZImageTurboSampler", {"seed": seed, "width": size, "height": size, "steps": steps})
     set_inputs(prompt, "SaveImage", {"filename_prefix": prefix})

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from zimage_turbo.downloads.tiers import find_workflow
 from zimage_turbo.planner import estimate as E
 from zimage_turbo.planner.catalog import published_files
 from zimage_turbo.planner.files import inspect_file, scan_models_dir, synthetic_dit, synthetic_te, synthetic_vae
@@ -97,7 +98,8 @@ def test_tiers_and_resolutions(vram, side):
     choice = E.choose(published_files(), vram * GiB, side, side)
     best = choice.best
     assert best.fits, best.table()
-    assert best.workflow == E.TIER_WORKFLOWS[E.tier_for(vram * GiB)]
+    assert best.tier == E.TIER_WORKFLOWS[E.tier_for(vram * GiB)]
+    assert best.workflow == f"workflows/{find_workflow(best.tier).name}"
     assert best.peak + best.host.cuda_context <= vram * GiB
     if side * side > 1536 * 1536 and vram <= 6:
         assert best.decode_tiles is not None  # 2048² on 6 GB: tiled decode (the documented fallback)
@@ -110,16 +112,14 @@ SIX_GB_TES = {"Q8_0", "Q6_K", "Q5_K", "Q4_K"}
 @pytest.mark.parametrize("side", [512, 768, 1024, 1280, 1536, 2048])
 def test_six_gb_choice_is_the_6gb_workflow_or_documented_fallback(side):
     best = E.choose(published_files(), 6 * GiB, side, side).best
-    assert best.workflow == "workflows/z_image_turbo_6gb.json"
+    assert (best.tier, best.workflow) == ("6gb", "workflows/01 Turbo 6 GB.json")
     assert best.dit.main_type in SIX_GB_DITS and best.te.main_type in SIX_GB_TES
     if side <= 1536:
         assert best.peak <= 5.5 * GiB
     # documented fallbacks: above 1536² the DiT streams part of its weights and the decode is tiled
     if side > 1536:
         assert best.stage("sample").offload or best.decode_tiles is not None
-    path = REPO / best.workflow
-    if not path.exists():
-        pytest.xfail(f"{best.workflow} not in workflows/ yet (the tier workflows land separately)")
+    assert (REPO / best.workflow).is_file()
 
 
 def _write_sparse_safetensors(path: Path, mf) -> None:
@@ -177,7 +177,7 @@ def test_cli_plan(capsys, tmp_path):
     from zimage_turbo.__main__ import main
     assert main(["plan", "--vram", "6", "--width", "1024", "--height", "1024"]) == 0
     out = capsys.readouterr().out
-    assert "z_image_turbo_6gb.json" in out and "PEAK" in out
+    assert 'tier workflow "01 Turbo 6 GB" (id 6gb)' in out and "PEAK" in out
 
 
 # ----------------------------------------------------------------- checked against ComfyUI on the tiny models

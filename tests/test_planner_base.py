@@ -35,7 +35,7 @@ def test_cfg_step_doubles_the_activations_when_batched():
     p, base = _sample_stage(24, 4.0)
     assert turbo.activations == single
     assert base.activations == E.dit_activation_bytes(dims, 1024, 1024, 2) > 1.9 * single
-    assert "batched" in base.note and p.workflow == "workflows/z_image_base_24gb.json"
+    assert "batched" in base.note and (p.tier, p.workflow) == ("base_24gb", "workflows/16 Base 24 GB.json")
 
 
 def test_batching_rule_is_comfyuis():
@@ -53,8 +53,9 @@ def test_batching_rule_is_comfyuis():
 
 
 def test_base_tier_workflows_exist():
-    for gb, path in E.BASE_TIER_WORKFLOWS.items():
-        assert (REPO / path).exists(), path
+    for gb, tier in E.BASE_TIER_WORKFLOWS.items():
+        path = E.tier_workflow_file(tier)
+        assert path.startswith("workflows/") and (REPO / path).exists(), tier
         assert E.tier_for(int(gb * GiB), E.BASE_TIER_WORKFLOWS) == gb
     assert E.tier_for(8 * GiB, E.BASE_TIER_WORKFLOWS) == 6  # 8 GB cards take the GGUF workflow
 
@@ -63,7 +64,7 @@ def test_cli_plans_base(capsys):
     from zimage_turbo.__main__ import main
     assert main(["plan", "--vram", "12", "--model", "base"]) == 0
     out = capsys.readouterr().out
-    assert "z_image_base_12gb.json" in out and "cfg>1" in out and DIT_BASE_BF16.name in out
+    assert 'tier workflow "15 Base 12 GB" (id base_12gb)' in out and "cfg>1" in out and DIT_BASE_BF16.name in out
     assert DIT_BF16.name not in out
 
 
@@ -76,5 +77,5 @@ def test_planner_node_plans_base(comfy_host, tiny_paths):
     assert spec[0] == ["turbo", "base"] and spec[1]["tooltip"]
     turbo = ZImageVRAMPlanner().plan(12.0, 1024, 1024, 1)["result"][0]
     base = ZImageVRAMPlanner().plan(12.0, 1024, 1024, 1, model="base")["result"][0]
-    assert "z_image_turbo_12gb" in turbo and "cfg>1" not in turbo
-    assert "z_image_base_12gb" in base and "cfg>1" in base
+    assert '"03 Turbo 12 GB" (id 12gb)' in turbo and "cfg>1" not in turbo
+    assert '"15 Base 12 GB" (id base_12gb)' in base and "cfg>1" in base

@@ -4,17 +4,16 @@ from __future__ import annotations
 import io
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from zimage_turbo.fixtures.tiny_models import TINY_FILE_NAMES
+from zimage_turbo.fixtures.workflow_files import shipped_graphs as _load
 from zimage_turbo.headless.server import history_error, output_images
 from zimage_turbo.headless.workflow import set_inputs, substitute_models, ui_to_api
 
 pytestmark = pytest.mark.server
-REPO = Path(__file__).resolve().parents[1]
 PACK_NODES = {
     "ZImageTextEncoderLoader": ("Z-Image Text Encoder Loader", ["CLIP"]),
     "ZImageDiffusionModelLoader": ("Z-Image Diffusion Model Loader", ["MODEL"]),
@@ -23,12 +22,6 @@ PACK_NODES = {
     "ZImageLatent": ("Z-Image Latent (size presets)", ["LATENT", "INT", "INT"]),
     "ZImageSaveImage": ("Z-Image Save Image (with parameters)", []),
 }
-
-
-def _load(name: str) -> tuple[dict, dict]:
-    ui = json.loads((REPO / "workflows" / f"{name}.json").read_text())
-    api = json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
-    return ui, api
 
 
 def _tiny_prompt(api: dict, seed: int, prefix: str, size: int = 64) -> dict:
@@ -62,12 +55,12 @@ def test_nodes_registered_with_names_categories_tooltips(server):
 
 
 def test_api_twin_is_the_ui_graph_converted(server):
-    ui, api = _load("z_image_turbo_basic")
+    ui, api = _load("basic")
     assert ui_to_api(ui, server.object_info()) == api
 
 
 def test_shipped_workflow_makes_png_with_embedded_graph_deterministically(server):
-    ui, api = _load("z_image_turbo_basic")
+    ui, api = _load("basic")
     results = {}
     for label, seed in (("a1", 5), ("b", 6), ("a2", 5)):
         prompt = _tiny_prompt(api, seed, f"zit_{label}")
@@ -87,7 +80,7 @@ def test_shipped_workflow_makes_png_with_embedded_graph_deterministically(server
     ("vae", "pickle"), ("text_encoders", "dit_as_te"),
 ])
 def test_bad_file_fails_the_prompt_clearly_and_server_goes_on(server, tiny_models_dir, folder, kind):
-    _, api = _load("z_image_turbo_basic")
+    _, api = _load("basic")
     name = f"bad_{kind}.safetensors"
     target = server.base_dir / "models" / folder / name
     source = {"vae_as_dit": "vae", "dit_as_te": "diffusion_models"}
@@ -118,7 +111,7 @@ def _with_save_node(prompt: dict, prefix: str) -> dict:
 def test_save_node_writes_a1111_parameters_and_never_overwrites(server, tiny_models_dir):
     import hashlib
     from zimage_turbo.saving.a1111 import parse_parameters
-    ui, api = _load("z_image_turbo_basic")
+    ui, api = _load("basic")
     prompt = _with_save_node(_tiny_prompt(api, 21, "unused"), "zit_params")
     set_inputs(prompt, "ZImageTurboSampler", {"batch_size": 2})
     taken = server.base_dir / "output" / "zit_params_00002_.png"
@@ -146,7 +139,7 @@ def test_save_node_writes_a1111_parameters_and_never_overwrites(server, tiny_mod
 @pytest.mark.parametrize("cfg,should_fail", [(1.0, False), (2.0, True)])
 def test_negative_prompt_is_not_evaluated_at_cfg_1(server, cfg, should_fail):
     """The negative branch hangs off a broken text encoder: it must only be touched when cfg > 1."""
-    _, api = _load("z_image_turbo_basic")
+    _, api = _load("basic")
     bad = server.base_dir / "models" / "text_encoders" / "bad_negative_te.safetensors"
     bad.write_bytes(b"")
     prompt = _tiny_prompt(api, 3, f"zit_neg_{cfg}")

@@ -20,10 +20,10 @@ import pytest
 from PIL import Image
 
 from zimage_turbo.fixtures.tiny_models import TINY_FILE_NAMES
+from zimage_turbo.fixtures.workflow_files import shipped_graphs
 from zimage_turbo.headless.server import history_error, output_images
 from zimage_turbo.headless.workflow import set_inputs, substitute_models
 
-REPO = Path(__file__).resolve().parents[1]
 N_PROMPTS = int(os.environ.get("ZIT_SOAK_PROMPTS", 200))
 BLOCK = 20  # prompts queued at once; one of them is the bad-file prompt; RSS is read after each block
 RSS_TOLERANCE = 0.05
@@ -110,7 +110,7 @@ def rss_drift_problem(rss: list[int], warmup: int, tolerance: float = RSS_TOLERA
 @pytest.mark.soak
 @pytest.mark.skipif(os.environ.get("ZIT_SOAK") == "0", reason="the soak runs on one host (ZIT_SOAK=0)")
 def test_soak_200_prompts(server, tiny_models_dir):
-    api = json.loads((REPO / "workflows" / "api" / "z_image_turbo_basic.json").read_text())
+    api = shipped_graphs("basic")[1]
     models = server.base_dir / "models"
     tiers = _tiers(models, tiny_models_dir)
     bad_files = _bad_files(models, tiny_models_dir)

@@ -7,26 +7,31 @@ import io
 import json
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from zimage_turbo.downloads.tiers import api_twin, find_workflow, shipped_workflows
 from zimage_turbo.fixtures.tiny_models import TINY_FILE_NAMES
+from zimage_turbo.fixtures.workflow_files import TIER_ORDER
+from zimage_turbo.fixtures.workflow_files import shipped_graphs as _load
 from zimage_turbo.headless.server import PACK_FOLDER_NAME, history_error, output_images
 from zimage_turbo.headless.validate import host_lacks, png_problems, validate_workflow
 from zimage_turbo.headless.workflow import set_inputs, substitute_models
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
-NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
-TIERS = ["z_image_turbo_6gb", "z_image_turbo_8gb", "z_image_turbo_12gb", "z_image_turbo_24gb"]
+SHIPPED = shipped_workflows()  # {id: UI json path}, in file-name order
+NAMES = list(SHIPPED)  # the ids (`6gb`, `basic`, …): the file names are the template titles ("01 Z-Image …")
+TIERS = ["6gb", "8gb", "12gb", "24gb"]
 INPUT_IMAGE = "example.png"
-CONTROLNET = [f"z_image_turbo_controlnet_{kind}_{tier}" for kind in ("canny", "depth", "inpaint")
-              for tier in ("6gb", "12gb")]
-BASE = ["z_image_base_6gb", "z_image_base_12gb", "z_image_base_24gb"]  # Z-Image Base (issue 19)
-LORA = ["z_image_turbo_8gb_lora"]  # issue 17
+CONTROLNET = [f"controlnet_{kind}_{tier}" for tier in ("6gb", "12gb") for kind in ("canny", "depth", "inpaint")]
+BASE = ["base_6gb", "base_12gb", "base_24gb"]  # Z-Image Base (issue 19)
+LORA = ["8gb_lora"]  # issue 17
+WINDOWS_FORBIDDEN = set('<>:"/\\|?*')
 
 
 def skip_on_older_host(ui: dict, object_info: dict) -> None:
@@ -38,9 +43,9 @@ def skip_on_older_host(ui: dict, object_info: dict) -> None:
         pytest.skip(reason)
 
 
-def _load(name: str) -> tuple[dict, dict]:
-    return (json.loads((WORKFLOWS / f"{name}.json").read_text()),
-            json.loads((WORKFLOWS / "api" / f"{name}.json").read_text()))
+def _file(name: str, suffix: str) -> Path:
+    """The shipped workflow's file with this suffix (.png card, .jpg thumbnail)."""
+    return SHIPPED[name].with_name(SHIPPED[name].stem + suffix)
 
 
 def put_input_image(server) -> None:
@@ -51,12 +56,37 @@ def put_input_image(server) -> None:
 
 
 def test_shipped_set_is_complete():
-    assert (set(TIERS) | {"z_image_turbo_basic", "z_image_turbo_img2img"} | set(CONTROLNET) | set(BASE) | set(LORA)
-            == set(NAMES))
+    assert set(TIERS) | {"basic", "img2img"} | set(CONTROLNET) | set(BASE) | set(LORA) == set(NAMES)
     for name in NAMES:
-        assert (WORKFLOWS / "api" / f"{name}.json").exists()
-        assert (WORKFLOWS / f"{name}.png").exists()
-        assert Image.open(WORKFLOWS / f"{name}.jpg").format == "JPEG"
+        assert api_twin(SHIPPED[name]).exists()
+        assert _file(name, ".png").exists()
+        assert Image.open(_file(name, ".jpg")).format == "JPEG"
+
+
+def test_file_names_are_readable_titles_in_tier_order():
+    """Frontends title a custom-node template card with its file name (and describe it with the same name, '-'
+    and '_' made spaces) and sort alphabetically by it: the names are readable titles ("01 Turbo 6 GB") whose
+    alphabetical order is the tier order, portable, without '-' or '_'."""
+    stems = [p.stem for p in SHIPPED.values()]
+    assert [stems[NAMES.index(i)] for i in TIER_ORDER] == sorted(stems)
+    assert sorted(stems)[:7] == ["01 Turbo 6 GB", "02 Turbo 8 GB", "03 Turbo 12 GB", "04 Turbo 16 to 24 GB",
+                                 "05 Turbo basic (official files)", "06 Turbo img2img", "07 Turbo LoRA 8 GB"]
+    assert sorted(stems)[-1] == "16 Base 24 GB"
+    for number, stem in enumerate(sorted(stems), 1):
+        assert stem.startswith(f"{number:02d} ") and not {"_", "-"} & set(stem), stem
+        assert stem.isascii() and stem.isprintable() and not WINDOWS_FORBIDDEN & set(stem), stem
+        assert stem == stem.strip(" .") and not {"#", "%"} & set(stem), stem  # nothing a URL path would cut
+    assert sorted(p.name for p in WORKFLOWS.glob("*.png") if p.name != "icon.png") == \
+        sorted(f"{s}.png" for s in stems)  # cards and thumbnails carry the same names
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tools_find_each_workflow_by_id_former_name_and_title(name):
+    path = SHIPPED[name]
+    former = json.loads(path.read_text())["extra"]["zimage_turbo"]["former_name"]
+    assert former == ("z_image_" if name.startswith("base_") else "z_image_turbo_") + name  # the 0.x file names
+    for alias in (name, name.upper(), former, path.stem, path.name):
+        assert find_workflow(alias) == path, alias
 
 
 def test_generated_files_are_up_to_date():
@@ -84,7 +114,7 @@ def test_tier_graphs_have_what_users_need(name):
         assert m["url"].startswith("https://huggingface.co/") and m["url"].endswith("/" + m["name"])
         assert m["directory"] in ("diffusion_models", "text_encoders", "vae")
         assert f"models/{m['directory']}/{m['name']}" in note
-    gb = int(name.split("_")[-1].removesuffix("gb"))
+    gb = int(name.removesuffix("gb"))
     decoders = {"VAEDecodeTiled"} if gb == 6 else {"VAEDecode"}
     assert decoders <= set(types) and not ({"VAEDecode", "VAEDecodeTiled"} - decoders) & set(types)
     te = next(m["name"] for m in models if m["directory"] == "text_encoders")
@@ -120,7 +150,7 @@ def test_base_graphs_have_what_users_need(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_png_card_holds_exactly_the_graphs(name):
     ui, api = _load(name)
-    data = (WORKFLOWS / f"{name}.png").read_bytes()
+    data = _file(name, ".png").read_bytes()
     assert png_problems(data, ui, api) == []
     image = Image.open(io.BytesIO(data))
     assert json.loads(image.text["workflow"]) == ui and json.loads(image.text["prompt"]) == api
@@ -136,11 +166,13 @@ def test_png_card_holds_exactly_the_graphs(name):
 @pytest.mark.server
 def test_template_browser_lists_the_workflows_with_thumbnails(server):
     listing = server.request("/workflow_templates")
-    assert sorted(listing[PACK_FOLDER_NAME]) == NAMES  # api/ twins are not listed
-    for name in NAMES:
-        served = server.request(f"/api/workflow_templates/{PACK_FOLDER_NAME}/{name}.json")
+    stems = [p.stem for p in SHIPPED.values()]
+    assert sorted(listing[PACK_FOLDER_NAME]) == stems  # api/ twins are not listed
+    for name, path in SHIPPED.items():
+        url = f"/api/workflow_templates/{PACK_FOLDER_NAME}/{urllib.parse.quote(path.stem)}"  # as browsers send it
+        served = server.request(f"{url}.json")
         assert served == _load(name)[0]
-        with urllib.request.urlopen(f"{server.url}/api/workflow_templates/{PACK_FOLDER_NAME}/{name}.jpg") as r:
+        with urllib.request.urlopen(f"{server.url}{url}.jpg") as r:
             assert r.headers["Content-Type"] == "image/jpeg"
             assert Image.open(io.BytesIO(r.read())).size == (512, 512)
 
@@ -155,7 +187,7 @@ def test_validator_passes_on_shipped_workflow(server, name):
 
 def _broken(kind: str) -> tuple[dict, dict, str]:
     """A broken copy of the 6 GB workflow and the words its problem must be reported with."""
-    ui, api = _load("z_image_turbo_6gb")
+    ui, api = _load("6gb")
     ui, api = copy.deepcopy(ui), copy.deepcopy(api)
     node = {n["type"]: n for n in ui["nodes"]}
     if kind == "wrong_node_type":
@@ -221,12 +253,12 @@ def test_validator_script_passes_shipped_and_fails_broken_copies(server, tmp_pat
         (tmp_path / f"{kind}.json").write_text(json.dumps(ui))
         (tmp_path / "api" / f"{kind}.json").write_text(json.dumps(api))
     # a card whose chunks no longer match its JSON
-    ui, api = _load("z_image_turbo_8gb")
+    ui, api = _load("8gb")
     (tmp_path / "api" / "stale_card.json").write_text(json.dumps(api))
     ui_changed = copy.deepcopy(ui)
     ui_changed["nodes"][3]["pos"] = [0, 0]
     (tmp_path / "stale_card.json").write_text(json.dumps(ui_changed))
-    (tmp_path / "stale_card.png").write_bytes((WORKFLOWS / "z_image_turbo_8gb.png").read_bytes())
+    (tmp_path / "stale_card.png").write_bytes(_file("8gb", ".png").read_bytes())
     bad = subprocess.run(script + [str(tmp_path)], capture_output=True, text=True, timeout=300, cwd="/")
     assert bad.returncode == 1, bad.stdout + bad.stderr
     for kind in ("wrong_node_type", "bad_link", "out_of_range"):
