@@ -1,9 +1,7 @@
 """Model configs inferred from tensor shapes (nothing about size is hard-coded)."""
 from __future__ import annotations
 
-import re
-
-from .detect import Shapes
+from .detect import Shapes, block_indices
 
 # Z-Image constants that are properties of the architecture, not of its size.
 ZIMAGE_ARCH = {"image_model": "lumina2", "patch_size": 2, "qk_norm": True, "z_image_modulation": True,
@@ -12,9 +10,8 @@ ZIMAGE_REAL_AXES = {128: [32, 48, 48]}
 
 
 def count_blocks(shapes: Shapes, prefix: str) -> int:
-    """Number of consecutive `prefix.N.` blocks present."""
-    pattern = re.compile(re.escape(prefix) + r"\.(\d{1,9})\.")  # longer numbers are no block index
-    indices = {int(m.group(1)) for k in shapes if (m := pattern.match(k))}
+    """Number of consecutive `prefix.N.` blocks present, from 0."""
+    indices = block_indices(shapes, prefix)
     n = 0
     while n in indices:
         n += 1

@@ -66,15 +66,22 @@ MIN_QWEN3_LAYERS = 3
 MAX_INDEX_DIGITS = 9
 
 
-def consecutive_blocks(shapes: Shapes, prefix: str) -> "int | str":
-    """The number of `<prefix>.N.` blocks when they are numbered 0..n-1, else what is missing."""
+def block_indices(shapes: Shapes, prefix: str) -> set[int]:
+    """The N of every `<prefix>.N.` key (a number of more than MAX_INDEX_DIGITS digits is read from its first
+    MAX_INDEX_DIGITS + 1 only: larger than any real block index, and never a huge int conversion)."""
     start = prefix + "."
     indices = set()
     for key in shapes:
         if key.startswith(start):
             index = key[len(start):].partition(".")[0]
             if index.isdigit() and index.isascii():
-                indices.add(int(index[:MAX_INDEX_DIGITS + 1]))  # a longer number is no real block index
+                indices.add(int(index[:MAX_INDEX_DIGITS + 1]))
+    return indices
+
+
+def consecutive_blocks(shapes: Shapes, prefix: str) -> "int | str":
+    """The number of `<prefix>.N.` blocks when they are numbered 0..n-1, else what is missing."""
+    indices = block_indices(shapes, prefix)
     if indices and max(indices) != len(indices) - 1:
         gap = next(i for i in range(len(indices)) if i not in indices)  # never loops past the names present
         return f"block '{prefix}.{gap}' missing before block '{prefix}.{max(indices)}'"
