@@ -34,11 +34,6 @@ SEED_MAX = 0xFFFFFFFFFFFFFFFF
 MAX_WORKFLOW_BYTES = 64 << 20
 
 
-def unique_path(path: Path) -> Path:
-    """`path`, or `stem_2.ext`, `stem_3.ext`, … : the first name nothing (not even a dangling link) holds."""
-    return next(p for p in output_file.numbered_names(path) if not p.exists() and not p.is_symlink())
-
-
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse sizes, seeds and timeouts the sampler or the wait cannot take, with the accepted range."""
     for name in ("width", "height"):

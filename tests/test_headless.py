@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from zimage_turbo.headless.run import unique_path, workflow_argument
+from zimage_turbo.headless.run import workflow_argument
+from zimage_turbo.quant.output_file import write_new_file
 from zimage_turbo.headless.workflow import WorkflowError
 
 pytestmark = pytest.mark.server
@@ -61,9 +62,9 @@ def test_workflow_argument_is_a_path_or_a_shipped_workflow(tmp_path, monkeypatch
         workflow_argument("7gb")
 
 
-def test_unique_path(tmp_path):
+def test_output_name_never_taken(tmp_path):
     first = tmp_path / "a.png"
-    assert unique_path(first) == first
-    first.write_bytes(b"x")
+    assert write_new_file(first, b"1") == first
     (tmp_path / "a_2.png").write_bytes(b"x")
-    assert unique_path(first) == tmp_path / "a_3.png"
+    assert write_new_file(first, b"3") == tmp_path / "a_3.png"
+    assert first.read_bytes() == b"1" and (tmp_path / "a_2.png").read_bytes() == b"x"
