@@ -136,15 +136,14 @@ def _refusal(path, shapes: dict, kind):
 
 def inspect_source(path: str | os.PathLike) -> Source:
     """Check `path` is a Z-Image DiT or Fun ControlNet patch safetensors file, reading only its header: a special
-    file, a GGUF, a pickle, a damaged file or another model is a ModelFileError naming what it is."""
+    file, a GGUF, a pickle, a damaged file or another model is a ModelFileError naming what it is (read_header
+    opens regular files only: a folder, link loop or FIFO is named, never waited on)."""
     from ..loaders.controlnet_layout import controlnet_problem, is_controlnet
     from ..loaders.detect import DAMAGED_HINT, classify, describe, strip_known_prefix, zimage_dit_problem
     from ..loaders.dit_layouts import TOP_RENAMES, diffusers_to_comfy, is_diffusers_layout
     from ..loaders.dit_quant_formats import has_scaled_weights
     from ..loaders.errors import ModelFileError
-    from ..loaders.file_access import check_model_file
     from ..loaders.safetensors_file import read_header
-    check_model_file(path, EXPECTED)  # a folder, link loop or FIFO is refused before it is opened
     try:
         header = read_header(path, expected=EXPECTED)
     except ModelFileError as exc:
