@@ -194,8 +194,7 @@ def apply_quant_format(sd: dict[str, torch.Tensor], metadata: dict | None, model
         model_config.scaled_fp8 = torch.float8_e4m3fn if marker.dtype == torch.float32 else marker.dtype
         model_config.optimizations["fp8"] = marker.nelement() != 2
         quantized = True
-    from_metadata = _metadata_configs(metadata)
-    if from_metadata:
-        model_config.layer_quant_config = from_metadata
+    if layers:  # from `_quantization_metadata` only: a host without convert_old_quants refused `.comfy_quant` entries
+        model_config.layer_quant_config = layers
         quantized = True
     return sd, quantized
