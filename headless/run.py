@@ -150,8 +150,9 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def _run(args: argparse.Namespace, workflow: dict, out: Path, models_dir: Path) -> Path:
-    base = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="zimage_run_"))
     server = ComfyServer(url=args.server) if args.server else None
+    # The base folder of a server this run starts (a running server has its own: no temp folder is left behind)
+    base = Path(args.work_dir) if args.work_dir else None if server else Path(tempfile.mkdtemp(prefix="zimage_run_"))
     try:
         if server is None:
             print(f"starting ComfyUI ({find_comfyui_dir()}) …", file=sys.stderr)
@@ -163,7 +164,8 @@ def _run(args: argparse.Namespace, workflow: dict, out: Path, models_dir: Path) 
         missing = missing_models(prompt, models_dir) if not args.tiny else ["(--tiny)"]
         if missing:
             tiny_dir, names = tiny_models()
-            _link_models(base, tiny_dir)
+            if not args.server:  # a running server must hold the tiny models itself
+                _link_models(base, tiny_dir)
             prompt = substitute_models(prompt, names)
             if not (args.width or args.height):
                 args.width = args.height = TINY_DEFAULT_SIZE
@@ -198,8 +200,8 @@ def _run(args: argparse.Namespace, workflow: dict, out: Path, models_dir: Path) 
         print(f"saved {saved} ({time.monotonic() - start:.1f} s)", file=sys.stderr)
         return saved
     except ServerError as exc:
-        log = base / "comfyui.log"
-        raise SystemExit(f"error: {exc}" + (f" (server log: {log})" if log.exists() else "")) from None
+        log = base / "comfyui.log" if base else None
+        raise SystemExit(f"error: {exc}" + (f" (server log: {log})" if log and log.exists() else "")) from None
     except (urllib.error.URLError, ConnectionError) as exc:
         reason = getattr(exc, "reason", exc)
         raise SystemExit(f"error: the ComfyUI server at {server.url} did not answer ({reason})") from None

@@ -40,12 +40,15 @@ def test_headless_run_starts_server_and_saves_png_with_workflow(tmp_path):
     assert texts == ["a lighthouse"]
 
 
-def test_headless_run_against_running_server_never_overwrites(server, tmp_path):
+def test_headless_run_against_running_server_never_overwrites(server, tmp_path, monkeypatch):
     (tmp_path / "out.png").write_bytes(b"user's picture")
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     proc = _run(tmp_path, str(WORKFLOW), "--server", server.url, "--tiny")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "out.png").read_bytes() == b"user's picture"
     assert Image.open(tmp_path / "out_2.png").size == (64, 64)
+    assert not list((tmp_path / "tmp").iterdir())  # no work folder for a server it did not start
 
 
 def test_workflow_argument_is_a_path_or_a_shipped_workflow(tmp_path, monkeypatch):
