@@ -11,7 +11,7 @@ from .config import infer_zimage_dit_config
 from .detect import PACK_LOADERS, classify, describe, loader_hint, strip_known_prefix
 from .errors import ModelFileError
 from .dit_layouts import checkpoint_headers, diffusers_to_comfy, is_diffusers_layout
-from .dit_quant_formats import apply_quant_format, has_scaled_weights
+from .dit_quant_formats import apply_quant_format, has_scaled_weights, layer_formats, model_shapes, stored_model_shapes
 from .gguf_io import densify_unowned, is_gguf, logical_shape, read_gguf_state_dict
 from .safetensors_file import load_tensors
 from ..sampling.guards import add_forward_guard
@@ -69,6 +69,23 @@ def match_timestep_embedder(diffusion_model: torch.nn.Module, hidden: int) -> No
         dtype=getattr(weight, "dtype", None), device=getattr(weight, "device", None), operations=operations)
 
 
+def expected_state_dict_keys(module: torch.nn.Module) -> set[str]:
+    """The state-dict keys a model's layers take, read from its structure: its state_dict() would leave out the
+    weights of quantized layers not loaded yet (the pack's ops hold None, ComfyUI's mixed-precision ops no
+    weight at all, warning once per layer)."""
+    keys = set()
+    for name, sub in module.named_modules():
+        prefix = f"{name}." if name else ""
+        keys.update(prefix + k for k, v in sub._parameters.items() if v is not None)
+        keys.update(prefix + k for k, v in sub._buffers.items()
+                    if v is not None and k not in sub._non_persistent_buffers_set)
+        if hasattr(sub, "in_features") or hasattr(sub, "num_embeddings"):  # Linear / Embedding, loaded or not
+            keys.add(prefix + "weight")
+        if getattr(sub, "has_bias", False):  # the pack's quantized ops, before loading
+            keys.add(prefix + "bias")
+    return keys
+
+
 def check_zimage_dit(path: str | os.PathLike, shapes: dict) -> None:
     """Raise ModelFileError unless `shapes` (prefix stripped) is a Z-Image DiT in ComfyUI layout."""
     kind = classify(shapes)
@@ -89,7 +106,7 @@ def build_zimage_model(sd: dict[str, torch.Tensor], path: str | os.PathLike = "<
     import comfy.supported_models
     import comfy.utils
 
-    shapes = {k: logical_shape(v) for k, v in sd.items()}
+    shapes = model_shapes({k: logical_shape(v) for k, v in sd.items()}, layer_formats(sd, metadata, path, EXPECTED))
     check_zimage_dit(path, shapes)
     check_small_tensors_finite(sd, path)  # norms, biases, pad tokens, scales: NaN here makes black images
     config = infer_zimage_dit_config(shapes)
@@ -118,7 +135,7 @@ def build_zimage_model(sd: dict[str, torch.Tensor], path: str | os.PathLike = "<
 
     model = model_config.get_model(sd, "")
     match_timestep_embedder(model.diffusion_model, shapes["t_embedder.mlp.0.weight"][0])
-    expected_keys = set(model.diffusion_model.state_dict().keys())
+    expected_keys = expected_state_dict_keys(model.diffusion_model)
     missing = sorted(k for k in expected_keys - set(sd) - UNUSED_MODEL_KEYS
                      if not any(m in k for m in SCALE_KEY_MARKERS))
     if missing:
@@ -153,7 +170,7 @@ def load_zimage_dit(path: str | os.PathLike, weight_dtype: str = "default"):
     headers = checkpoint_headers(path, EXPECTED)  # the file, or every shard of the index that lists it
     all_shapes = {k: v for h in headers for k, v in h.shapes().items()}
     prefix, shapes = strip_known_prefix(all_shapes)
-    check_zimage_dit(path, shapes)
+    check_zimage_dit(path, stored_model_shapes(headers, prefix, shapes, path, EXPECTED))
     sd: dict[str, torch.Tensor] = {}
     for header in headers:
         keys = [k for k in header.tensors if k.startswith(prefix)]

@@ -32,6 +32,10 @@ FORMAT_SCALES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "int8_tensorwise": (("weight_scale",), "row"), "convrot_w4a4": (("weight_scale",), "row"),
     "mxfp8": (("weight_scale",), None), "nvfp4": (("weight_scale", "weight_scale_2"), None),
 }
+# Formats whose stored weight packs several values into each element of its input dimension (two 4-bit values
+# a byte): the layer's weight is [rows, columns * n] where the file holds [rows, columns]. (Storage may also pad
+# rows and columns, nvfp4 to 16 and mxfp8 to 32; Z-Image's widths are multiples of 32, so no padding is undone.)
+PACKED_VALUES = {"nvfp4": 2, "convrot_w4a4": 2}
 LEGACY_SCALES = ("scale_weight", "scale_input")  # scaled fp8: one number per layer each
 MARKER_DTYPES = (torch.float32, torch.float8_e4m3fn, torch.float8_e5m2)
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -83,6 +87,40 @@ def _metadata_configs(metadata: dict | None) -> dict[str, dict]:
         raise BadMetadata(METADATA_KEY, 'a JSON object with a "layers" object ({layer: {"format": …}})',
                           "no layers" if layers is None else f'"layers" of {describe_value(layers)}')
     return {name: _layer_config(METADATA_KEY, conf, f"for layer '{name[:80]}': ") for name, conf in layers.items()}
+
+
+def layer_formats(sd: dict[str, torch.Tensor], metadata: dict | None, path, expected: str) -> dict[str, str]:
+    """{layer: format name} of a file's quantized layers (its `.comfy_quant` entries in `sd`, and its
+    `_quantization_metadata`); ModelFileError naming the key when that data is malformed."""
+    try:
+        layers = {**_metadata_configs(metadata), **_entry_configs(sd)}
+    except BadMetadata as exc:
+        raise exc.for_file(path, HINT) from None
+    return {layer: conf["format"] for layer, conf in layers.items()}
+
+
+def model_shapes(shapes: dict[str, tuple[int, ...]], formats: dict[str, str]) -> dict[str, tuple[int, ...]]:
+    """The shapes the model's layers have, from the shapes the file stores: a packed weight (nvfp4: two values
+    a byte) is wider in the model than in the file. Everything else is as stored."""
+    out = dict(shapes)
+    for layer, fmt in formats.items():
+        key, per_element = f"{layer}.weight", PACKED_VALUES.get(fmt, 1)
+        shape = shapes.get(key)
+        if per_element > 1 and shape is not None and len(shape) == 2:
+            out[key] = (shape[0], shape[1] * per_element)
+    return out
+
+
+def stored_model_shapes(headers: list, prefix: str, shapes: dict[str, tuple[int, ...]], path,
+                        expected: str) -> dict[str, tuple[int, ...]]:
+    """:func:`model_shapes` of safetensors files before their weights are read: `shapes` (`prefix` stripped) with
+    the formats of the headers' `.comfy_quant` entries (small tensors, read here) and `_quantization_metadata`."""
+    from .safetensors_file import load_tensors
+    entries = {}
+    for header in headers:
+        keys = [k for k in header.tensors if k.startswith(prefix) and k.endswith(COMFY_QUANT_SUFFIX)]
+        entries.update({k[len(prefix):]: v for k, v in load_tensors(header, keys).items()})
+    return model_shapes(shapes, layer_formats(entries, headers[0].metadata, path, expected))
 
 
 def _scale_error(path, expected: str, name: str, found: str) -> ModelFileError:

@@ -132,7 +132,10 @@ def _adapter_fits(adapter, shape: tuple[int, ...]) -> bool:
 
 
 def _model_shapes(module: torch.nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
-    return {prefix + k: tuple(getattr(v, "logical_shape", v.shape)) for k, v in module.state_dict().items()}
+    """{name: shape} of the module's weights as its layers compute with them: the tensors themselves, not their
+    state dict (which stores a quantized weight as packed data, e.g. nvfp4 [rows, columns / 2])."""
+    tensors = [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
+    return {prefix + k: tuple(getattr(v, "logical_shape", v.shape)) for k, v in tensors}
 
 
 def _split_fitting(patches: dict, shapes: dict[str, tuple[int, ...]]) -> tuple[dict, dict]:

@@ -85,9 +85,95 @@ def test_int8_convrot_dit_tiny_holds_comfyui_weights(new_host, tmp_path):
     assert float((a - b).norm() / b.norm()) < 0.05 and float((a - c).norm() / c.norm()) < 0.1
 
 
+BLOCK_FORMATS = ("nvfp4", "mxfp8")
+
+
+@pytest.fixture(params=BLOCK_FORMATS)
+def block_format_name(request, new_host) -> str:
+    import comfy.quant_ops
+    if request.param not in comfy.quant_ops.QUANT_ALGOS:
+        pytest.skip(f"this ComfyUI has no {request.param} (mxfp8 needs comfy-kitchen)")
+    return request.param
+
+
+def test_block_format_dit_tiny_holds_comfyui_weights(block_format_name, tmp_path):
+    """NVFP4 / MXFP8 files as the community writes them, the timestep embedder and adaLN quantized too: the pack
+    reads nvfp4's packed weights ([rows, columns / 2] in the file) at the model's width (it used to call the file
+    damaged), each weight dequantizes exactly to ComfyUI's own dequantization, and the model samples close to the
+    dequantized one (nvfp4 also quantizes the activations). A file missing a quantized weight is refused by name."""
+    from zimage_turbo.fixtures.comfy_quant_files import block_format
+    from zimage_turbo.loaders.dit import load_zimage_dit
+    from zimage_turbo.loaders.errors import ModelFileError
+    fmt = block_format_name
+    src = {k: v.float() for k, v in build_dit_state_dict().items()}  # scales applied in fp32, as the model does
+    sd, ref = block_format(src, fmt)
+    keys = ("t_embedder.mlp.0.weight", "layers.0.adaLN_modulation.0.weight", "layers.1.feed_forward.w2.weight",
+            "noise_refiner.0.attention.qkv.weight")
+    model = load_zimage_dit(save_safetensors_atomic(sd, tmp_path / f"z_image_turbo_{fmt}.safetensors"))
+    for key in keys:
+        weight = model.model.diffusion_model.get_parameter(key)
+        assert type(weight).__name__ == "QuantizedTensor" and weight.shape == src[key].shape, key
+        assert torch.equal(weight.dequantize(), ref[key]), key
+    reference = load_zimage_dit(save_safetensors_atomic(ref, tmp_path / "dequantized.safetensors"))
+    a, b = _sample(model, _cond(256)), _sample(reference, _cond(256))
+    assert torch.isfinite(a).all() and float((a - b).norm() / b.norm()) < 0.05
+    del sd["layers.1.feed_forward.w2.weight"]
+    with pytest.raises(ModelFileError, match=r"missing tensors \(layers\.1\.feed_forward\.w2\.weight"):
+        load_zimage_dit(save_safetensors_atomic(sd, tmp_path / f"incomplete_{fmt}.safetensors"))
+
+
+def test_nvfp4_dit_equals_core_unet_loader(new_host, tmp_path):
+    """At the real width (which core detects), an NVFP4 file with adaLN and the timestep embedder quantized (the
+    embedders core reads its config from kept bf16, as published files do) gives latents bit-identical to core
+    UNETLoader's."""
+    import comfy.quant_ops
+    import comfy.sd
+    from zimage_turbo.fixtures.comfy_quant_files import block_format, fits_blocks
+    from zimage_turbo.loaders.dit import load_zimage_dit
+    if "nvfp4" not in comfy.quant_ops.QUANT_ALGOS:
+        pytest.skip("this ComfyUI has no nvfp4")
+    spec = DiTSpec(dim=3840, n_layers=1, n_refiner_layers=2, head_dim=128, cap_feat_dim=64, ffn_hidden=10240)
+    src = random_state_dict(dit_state_dict_shapes(spec), seed=12, dtype=torch.bfloat16)
+    sd, _ = block_format(src, "nvfp4", lambda k, v: fits_blocks(k, v) and not k.startswith(("x_embedder",
+                                                                                              "cap_embedder")))
+    del src
+    path = save_safetensors_atomic(sd, tmp_path / "z_image_turbo_nvfp4.safetensors")
+    assert sd["layers.0.adaLN_modulation.0.weight"].shape == (4 * 3840, 128)  # packed: 256 inputs in 128 bytes
+    del sd
+    ours = load_zimage_dit(path)
+    a = _sample(ours, _cond(64), size=(1, 16, 4, 4), steps=1)
+    del ours
+    core = comfy.sd.load_diffusion_model(str(path))
+    b = _sample(core, _cond(64), size=(1, 16, 4, 4), steps=1)
+    assert torch.isfinite(a).all() and torch.equal(a, b)
+
+
 def _mixed_pick(key: str, value) -> bool:
     """Like the published mixed file: the layers' projections fp8, except the first layer's (kept bf16)."""
     return key.startswith("model.layers.") and not key.startswith("model.layers.0.")
+
+
+def test_block_format_text_encoder_holds_comfyui_weights(block_format_name, tmp_path):
+    """An NVFP4 / MXFP8 Qwen3 (the layers' projections quantized): nvfp4's packed weights are read at the model's
+    width (the loader used to call the file damaged); the weights dequantize exactly to ComfyUI's own
+    dequantization and the conditioning matches the dequantized model's."""
+    from zimage_turbo.fixtures.comfy_quant_files import block_format, fits_blocks
+    from zimage_turbo.loaders.text_encoder import load_qwen3_text_encoder
+    fmt = block_format_name
+    src = {k: v.float() for k, v in build_qwen3_state_dict().items()}
+    sd, ref = block_format(src, fmt, lambda k, v: k.startswith("model.layers.") and fits_blocks(k, v))
+    clip = load_qwen3_text_encoder(save_safetensors_atomic(sd, tmp_path / f"qwen_3_4b_{fmt}.safetensors"))
+    modules = dict(clip.cond_stage_model.named_modules())
+    quantized = {n: m for n, m in modules.items() if type(getattr(m, "weight", None)).__name__ == "QuantizedTensor"}
+    assert len(quantized) >= 7  # (the last layer's are not read: Z-Image takes the encoder's second-to-last layer)
+    for name, module in quantized.items():
+        key = "model." + name.split(".model.", 1)[1] + ".weight"
+        assert module.weight.shape == src[key].shape and torch.equal(module.weight.dequantize(), ref[key]), key
+    reference = load_qwen3_text_encoder(save_safetensors_atomic(ref, tmp_path / "dequantized.safetensors"))
+    prompt = "a red fox in the snow, 一只狐狸"
+    a = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))[0][0]
+    b = reference.encode_from_tokens_scheduled(reference.tokenize(prompt))[0][0]
+    assert a.shape == b.shape and float((a - b).norm() / b.norm()) < 0.02
 
 
 def test_fp8_mixed_text_encoder_holds_comfyui_weights(new_host, tmp_path):
