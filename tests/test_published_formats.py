@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zimage_turbo.fixtures.shapes import TINY_QWEN3, DiTSpec, dit_state_dict_shapes
+from zimage_turbo.fixtures.shapes import DiTSpec, dit_state_dict_shapes
 from zimage_turbo.fixtures.tiny_models import (build_dit_state_dict, build_qwen3_state_dict, random_state_dict,
                                                save_safetensors_atomic)
 
