@@ -11,7 +11,7 @@ from .config import infer_zimage_dit_config
 from .detect import PACK_LOADERS, classify, describe, loader_hint, strip_known_prefix
 from .errors import ModelFileError
 from .dit_layouts import checkpoint_headers, diffusers_to_comfy, is_diffusers_layout
-from .dit_quant_formats import apply_quant_format, has_scaled_weights, layer_formats, model_shapes, stored_model_shapes
+from .dit_quant_formats import apply_quant_format, has_scaled_weights, header_model_shapes, layer_formats, model_shapes
 from .gguf_io import densify_unowned, is_gguf, logical_shape, read_gguf_state_dict
 from .safetensors_file import load_tensors
 from ..sampling.guards import add_forward_guard
@@ -168,9 +168,8 @@ def load_zimage_dit(path: str | os.PathLike, weight_dtype: str = "default"):
     if is_gguf(path):
         return load_zimage_dit_gguf(path, weight_dtype)
     headers = checkpoint_headers(path, EXPECTED)  # the file, or every shard of the index that lists it
-    all_shapes = {k: v for h in headers for k, v in h.shapes().items()}
-    prefix, shapes = strip_known_prefix(all_shapes)
-    check_zimage_dit(path, stored_model_shapes(headers, prefix, shapes, path, EXPECTED))
+    prefix, shapes = strip_known_prefix(header_model_shapes(headers))
+    check_zimage_dit(path, shapes)
     sd: dict[str, torch.Tensor] = {}
     for header in headers:
         keys = [k for k in header.tensors if k.startswith(prefix)]

@@ -111,16 +111,16 @@ def model_shapes(shapes: dict[str, tuple[int, ...]], formats: dict[str, str]) ->
     return out
 
 
-def stored_model_shapes(headers: list, prefix: str, shapes: dict[str, tuple[int, ...]], path,
-                        expected: str) -> dict[str, tuple[int, ...]]:
-    """:func:`model_shapes` of safetensors files before their weights are read: `shapes` (`prefix` stripped) with
-    the formats of the headers' `.comfy_quant` entries (small tensors, read here) and `_quantization_metadata`."""
+def header_model_shapes(headers: list) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape in safetensors files (their headers) as the model's layers have it: :func:`model_shapes`
+    with the formats of their `.comfy_quant` entries (small tensors, read here) and `_quantization_metadata`."""
     from .safetensors_file import load_tensors
-    entries = {}
+    entries, shapes = {}, {}
     for header in headers:
-        keys = [k for k in header.tensors if k.startswith(prefix) and k.endswith(COMFY_QUANT_SUFFIX)]
-        entries.update({k[len(prefix):]: v for k, v in load_tensors(header, keys).items()})
-    return model_shapes(shapes, layer_formats(entries, headers[0].metadata, path, expected))
+        shapes.update(header.shapes())
+        entries.update(load_tensors(header, [k for k in header.tensors if k.endswith(COMFY_QUANT_SUFFIX)]))
+    first = headers[0]
+    return model_shapes(shapes, layer_formats(entries, first.metadata, first.path, first.expected))
 
 
 def _scale_error(path, expected: str, name: str, found: str) -> ModelFileError:

@@ -24,7 +24,7 @@ from . import host
 from .config import infer_qwen3_config
 from .detect import (MIN_QWEN3_LAYERS, PACK_LOADERS, classify, consecutive_blocks, describe, loader_hint,
                      qwen3_problem, strip_known_prefix)
-from .dit_quant_formats import require_comfy_quant_support, stored_model_shapes
+from .dit_quant_formats import header_model_shapes, require_comfy_quant_support
 from .errors import ModelFileError
 from .gguf_io import logical_shape
 from .keymaps import block_index, can_drop_last, map_qwen3_names, qwen3_layer_keys, unused_qwen3_keys
@@ -161,8 +161,8 @@ def load_qwen3_text_encoder(path: str | os.PathLike, tokenizer: str = "auto"):
     if os.path.isfile(path) and os.path.getsize(path) >= 4 and is_gguf(path):
         return load_qwen3_gguf_text_encoder(path, tokenizer=tokenizer)
     header = read_header(path, expected=EXPECTED)
-    prefix, shapes = strip_known_prefix(header.shapes())
-    config = check_qwen3(path, stored_model_shapes([header], prefix, shapes, path, EXPECTED))
+    prefix, shapes = strip_known_prefix(header_model_shapes([header]))
+    config = check_qwen3(path, shapes)
     # a safetensors file has no tokenizer of its own
     require_bundled_vocabulary(path, config["vocab_size"], embedding=prefix + "model.embed_tokens.weight")
     skip = unused_qwen3_keys(shapes, config["num_hidden_layers"]) if can_drop_last(config["num_hidden_layers"]) else set()

@@ -108,6 +108,7 @@ def _role(shapes: dict[str, tuple[int, ...]], arch: str | None) -> str | None:
 
 def inspect_file(path: str | os.PathLike) -> ModelFile | None:
     """The file's record, or None when it is no Z-Image DiT, Qwen3 encoder or Flux VAE (or unreadable)."""
+    from ..loaders.dit_quant_formats import header_model_shapes
     from ..loaders.errors import ModelFileError
     from ..loaders.gguf_io import is_gguf
     from ..loaders.safetensors_file import read_header
@@ -117,14 +118,16 @@ def inspect_file(path: str | os.PathLike) -> ModelFile | None:
         if is_gguf(path):
             arch, tensors = _gguf_tensors(path)
             fmt = "gguf"
+            shapes = {t.name: t.shape for t in tensors}
         else:
             header = read_header(path)
             arch, fmt = None, "safetensors"
             tensors = [Tensor(k, v.shape, v.dtype, math.prod(v.shape) * ST_BYTES[v.dtype])
                        for k, v in header.tensors.items()]
+            shapes = header_model_shapes([header])  # nvfp4 weights as wide as the model's layers
     except (ModelFileError, GGUFError, OSError, ValueError):
         return None
-    role = _role({t.name: t.shape for t in tensors}, arch)
+    role = _role(shapes, arch)
     if role is None:
         return None
     return ModelFile(Path(path).name, role, fmt, tuple(tensors), path, os.path.getsize(path))

@@ -141,7 +141,7 @@ def inspect_source(path: str | os.PathLike) -> Source:
     from ..loaders.controlnet_layout import controlnet_problem, is_controlnet
     from ..loaders.detect import DAMAGED_HINT, classify, describe, strip_known_prefix, zimage_dit_problem
     from ..loaders.dit_layouts import TOP_RENAMES, diffusers_to_comfy, is_diffusers_layout
-    from ..loaders.dit_quant_formats import has_scaled_weights
+    from ..loaders.dit_quant_formats import has_scaled_weights, header_model_shapes
     from ..loaders.errors import ModelFileError
     from ..loaders.safetensors_file import read_header
     try:
@@ -150,7 +150,7 @@ def inspect_source(path: str | os.PathLike) -> Source:
         if exc.found not in FOUND_HINTS:
             raise
         raise ModelFileError(path, EXPECTED, exc.found, FOUND_HINTS[exc.found]) from None
-    prefix, shapes = strip_known_prefix(header.shapes())
+    prefix, shapes = strip_known_prefix(header_model_shapes([header]))
     kind = classify(shapes)
     controlnet = is_controlnet(shapes)
     if not controlnet and (kind is None or kind.name not in ("zimage_dit", "zimage_dit_diffusers")):

@@ -122,6 +122,23 @@ def test_block_format_dit_tiny_holds_comfyui_weights(block_format_name, tmp_path
         load_zimage_dit(save_safetensors_atomic(sd, tmp_path / f"incomplete_{fmt}.safetensors"))
 
 
+def test_block_format_files_are_recognised_by_the_planner_and_quantize(block_format_name, tmp_path):
+    """The planner files NVFP4 / MXFP8 models under their role, and the quantize command names them as already
+    quantized (not damaged, which their packed shapes looked like)."""
+    from zimage_turbo.fixtures.comfy_quant_files import block_format
+    from zimage_turbo.loaders.errors import ModelFileError
+    from zimage_turbo.planner.files import inspect_file
+    from zimage_turbo.quant.convert import inspect_source
+    fmt = block_format_name
+    dit = save_safetensors_atomic(block_format(build_dit_state_dict(), fmt)[0], tmp_path / f"dit_{fmt}.safetensors")
+    te = save_safetensors_atomic(block_format(build_qwen3_state_dict(), fmt)[0], tmp_path / f"te_{fmt}.safetensors")
+    assert inspect_file(dit).role == "dit" and inspect_file(te).role == "te"
+    with pytest.raises(ModelFileError, match=rf"dit_{fmt}.safetensors: .*found a Z-Image DiT .*already quantized"):
+        inspect_source(dit)
+    with pytest.raises(ModelFileError, match=rf"te_{fmt}.safetensors: .*found a Qwen3 text encoder\. The quantize"):
+        inspect_source(te)
+
+
 def test_nvfp4_dit_equals_core_unet_loader(new_host, tmp_path):
     """At the real width (which core detects), an NVFP4 file with adaLN and the timestep embedder quantized (the
     embedders core reads its config from kept bf16, as published files do) gives latents bit-identical to core
