@@ -106,7 +106,7 @@ def build_zimage_model(sd: dict[str, torch.Tensor], path: str | os.PathLike = "<
     import comfy.supported_models
     import comfy.utils
 
-    shapes = model_shapes({k: logical_shape(v) for k, v in sd.items()}, layer_formats(sd, metadata, path, EXPECTED))
+    shapes = model_shapes({k: logical_shape(v) for k, v in sd.items()}, layer_formats(sd, metadata, path))
     check_zimage_dit(path, shapes)
     check_small_tensors_finite(sd, path)  # norms, biases, pad tokens, scales: NaN here makes black images
     config = infer_zimage_dit_config(shapes)

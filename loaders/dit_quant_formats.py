@@ -89,14 +89,20 @@ def _metadata_configs(metadata: dict | None) -> dict[str, dict]:
     return {name: _layer_config(METADATA_KEY, conf, f"for layer '{name[:80]}': ") for name, conf in layers.items()}
 
 
-def layer_formats(sd: dict[str, torch.Tensor], metadata: dict | None, path, expected: str) -> dict[str, str]:
-    """{layer: format name} of a file's quantized layers (its `.comfy_quant` entries in `sd`, and its
-    `_quantization_metadata`); ModelFileError naming the key when that data is malformed."""
+def _parsed_configs(sd: dict[str, torch.Tensor], metadata: dict | None, path) -> tuple[dict, dict]:
+    """({layer: config} of the `.comfy_quant` entries in `sd`, {layer: config} of `_quantization_metadata`);
+    ModelFileError naming the key when that data is malformed."""
     try:
-        layers = {**_metadata_configs(metadata), **_entry_configs(sd)}
+        return _entry_configs(sd), _metadata_configs(metadata)
     except BadMetadata as exc:
         raise exc.for_file(path, HINT) from None
-    return {layer: conf["format"] for layer, conf in layers.items()}
+
+
+def layer_formats(sd: dict[str, torch.Tensor], metadata: dict | None, path) -> dict[str, str]:
+    """{layer: format name} of a file's quantized layers (its `.comfy_quant` entries in `sd`, and its
+    `_quantization_metadata`); ModelFileError naming the key when that data is malformed."""
+    entries, from_metadata = _parsed_configs(sd, metadata, path)
+    return {layer: conf["format"] for layer, conf in {**from_metadata, **entries}.items()}
 
 
 def model_shapes(shapes: dict[str, tuple[int, ...]], formats: dict[str, str]) -> dict[str, tuple[int, ...]]:
@@ -118,9 +124,11 @@ def header_model_shapes(headers: list) -> dict[str, tuple[int, ...]]:
     entries, shapes = {}, {}
     for header in headers:
         shapes.update(header.shapes())
-        entries.update(load_tensors(header, [k for k in header.tensors if k.endswith(COMFY_QUANT_SUFFIX)]))
+        keys = [k for k in header.tensors if k.endswith(COMFY_QUANT_SUFFIX)]
+        if keys:  # the file is opened only for them (load_tensors would open and map it even for none)
+            entries.update(load_tensors(header, keys))
     first = headers[0]
-    return model_shapes(shapes, layer_formats(entries, first.metadata, first.path, first.expected))
+    return model_shapes(shapes, layer_formats(entries, first.metadata, first.path))
 
 
 def _scale_error(path, expected: str, name: str, found: str) -> ModelFileError:
@@ -173,10 +181,7 @@ def check_quant_format(sd: dict[str, torch.Tensor], metadata: dict | None, path,
     """Validate a scaled/mixed fp8 (or other `.comfy_quant`) file; returns {layer: config} from its entries and
     metadata. ModelFileError naming the key or tensor at fault: malformed JSON, unknown formats, missing scales
     (the layer would run unscaled) or scales of the wrong shape. (NaN/Inf scales: loaders/nonfinite.py.)"""
-    try:
-        entries, from_metadata = _entry_configs(sd), _metadata_configs(metadata)
-    except BadMetadata as exc:
-        raise exc.for_file(path, HINT) from None
+    entries, from_metadata = _parsed_configs(sd, metadata, path)
     if SCALED_FP8_MARKER in sd and not from_metadata:
         _check_legacy_scales(sd, path)
     layers = {**from_metadata, **entries}
