@@ -20,8 +20,10 @@ from .nonfinite import check_small_tensors_finite
 log = logging.getLogger(__name__)
 EXPECTED = "a Z-Image DiT (e.g. z_image_turbo_bf16.safetensors)"
 DIT_KINDS = ("zimage_dit", "zimage_dit_diffusers")
-# Parameters some hosts' NextDiT builds but Z-Image checkpoints never carry (unused by Z-Image's forward).
-UNUSED_MODEL_KEYS = frozenset({"norm_final.weight"})
+# Parameters some hosts' NextDiT builds but Z-Image checkpoints never carry (unused by Z-Image's forward),
+# with the value they get when the file lacks them: the host leaves them uninitialised (torch.empty), which
+# would put random NaN into the model's state dict (saved checkpoints, checks, other packs reading it).
+UNUSED_MODEL_DEFAULTS: dict[str, float] = {"norm_final.weight": 1.0}
 SCALE_KEY_MARKERS = ("scale_weight", "scale_input", "weight_scale", "input_scale", "comfy_quant")
 
 # weight_dtype choice → (storage dtype or None for the file's own, fp8 matmul optimisation)
@@ -94,6 +96,15 @@ def check_zimage_dit(path: str | os.PathLike, shapes: dict) -> None:
                              loader_hint(kind, "dit", "Put Z-Image DiT files in models/diffusion_models."))
 
 
+def unused_parameter_defaults(module: torch.nn.Module, absent: set[str]) -> dict[str, torch.Tensor]:
+    """Defined values (UNUSED_MODEL_DEFAULTS) for the unused parameters the host built and the file lacks."""
+    values = {}
+    for key in absent & set(UNUSED_MODEL_DEFAULTS):
+        parameter = module.get_parameter(key)
+        values[key] = torch.full(parameter.shape, UNUSED_MODEL_DEFAULTS[key], dtype=parameter.dtype)
+    return values
+
+
 def build_zimage_model(sd: dict[str, torch.Tensor], path: str | os.PathLike = "<state dict>",
                        weight_dtype: str = "default", quantized: bool = False, metadata: dict | None = None):
     """Build a ComfyUI ZImage MODEL (ModelPatcher) from a ComfyUI-layout state dict; config from shapes.
@@ -136,12 +147,13 @@ def build_zimage_model(sd: dict[str, torch.Tensor], path: str | os.PathLike = "<
     model = model_config.get_model(sd, "")
     match_timestep_embedder(model.diffusion_model, shapes["t_embedder.mlp.0.weight"][0])
     expected_keys = expected_state_dict_keys(model.diffusion_model)
-    missing = sorted(k for k in expected_keys - set(sd) - UNUSED_MODEL_KEYS
+    missing = sorted(k for k in expected_keys - set(sd) - set(UNUSED_MODEL_DEFAULTS)
                      if not any(m in k for m in SCALE_KEY_MARKERS))
     if missing:
         raise ModelFileError(path, EXPECTED + " with every tensor",
                              f"{len(missing)} missing tensors ({', '.join(missing[:4])}…)",
                              "The file is incomplete or a different model variant.")
+    sd.update(unused_parameter_defaults(model.diffusion_model, expected_keys - set(sd)))
     if quantized:
         from ..quant.patcher import QuantModelPatcher
         densify_unowned(model.diffusion_model, sd)

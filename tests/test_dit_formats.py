@@ -256,3 +256,23 @@ def test_published_dit_gguf_layouts(dit, reference, tmp_path, layout, tol):
     embed = dm.cap_embedder[1].weight
     assert (embed.quant_type.name if isinstance(embed, QuantizedTensor) else "BF16") == embed_type
     assert _rel(_sample(model), reference) < tol
+
+
+@pytest.mark.parametrize("source,weight_dtype", [("safetensors", "default"), ("safetensors", "fp8_e4m3fn"),
+                                                 ("Q8_0", "default")])
+def test_model_state_dict_is_defined_where_the_file_has_no_tensor(dit, tmp_path, source, weight_dtype):
+    """Hosts whose NextDiT builds an unused `norm_final` (0.3.x) left it uninitialised when the file (every
+    Z-Image checkpoint) lacks it: random NaN in the model's state dict, which broke checks reading it."""
+    from zimage_turbo.loaders.dit import UNUSED_MODEL_DEFAULTS
+    path, sd, load = dit
+    if source != "safetensors":
+        path = tmp_path / f"dit-{source}.gguf"
+        convert_to_gguf(dit[0], path, source)
+    model_sd = load(path, weight_dtype).model.diffusion_model.state_dict()
+    for key, value in model_sd.items():
+        dense = value.dequantize(torch.float32) if hasattr(value, "quant_type") else value.float()
+        assert torch.isfinite(dense).all(), f"{key} holds NaN/Inf"
+    for key, fill in UNUSED_MODEL_DEFAULTS.items():
+        assert key not in sd
+        if key in model_sd:
+            assert torch.equal(model_sd[key].float(), torch.full_like(model_sd[key].float(), fill)), key
