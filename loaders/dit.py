@@ -146,14 +146,13 @@ def build_zimage_model(sd: dict[str, torch.Tensor], path: str | os.PathLike = "<
 
     model = model_config.get_model(sd, "")
     match_timestep_embedder(model.diffusion_model, shapes["t_embedder.mlp.0.weight"][0])
-    expected_keys = expected_state_dict_keys(model.diffusion_model)
-    missing = sorted(k for k in expected_keys - set(sd) - set(UNUSED_MODEL_DEFAULTS)
-                     if not any(m in k for m in SCALE_KEY_MARKERS))
+    absent = expected_state_dict_keys(model.diffusion_model) - set(sd)
+    missing = sorted(k for k in absent - set(UNUSED_MODEL_DEFAULTS) if not any(m in k for m in SCALE_KEY_MARKERS))
     if missing:
         raise ModelFileError(path, EXPECTED + " with every tensor",
                              f"{len(missing)} missing tensors ({', '.join(missing[:4])}…)",
                              "The file is incomplete or a different model variant.")
-    sd.update(unused_parameter_defaults(model.diffusion_model, expected_keys - set(sd)))
+    sd.update(unused_parameter_defaults(model.diffusion_model, absent))
     if quantized:
         from ..quant.patcher import QuantModelPatcher
         densify_unowned(model.diffusion_model, sd)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zimage_turbo.fixtures.lora_files import (D, RANK, WRITERS, apply_lora, dense_model, forward,
-                                              full_and_partial_load_outputs, reference_state_dict, stored_bytes,
-                                              write_loha, write_lora)
+from zimage_turbo.fixtures.lora_files import (D, RANK, WRITERS, apply_lora, dense_model, dequantized_state_dict,
+                                              forward, full_and_partial_load_outputs, reference_state_dict,
+                                              stored_bytes, write_loha, write_lora)
 from zimage_turbo.quant.convert import convert_to_gguf
 
 
@@ -155,13 +155,6 @@ def assert_matches_reference(out, reference, base) -> None:
     assert float((base - reference).abs().max()) >= 5 * tolerance, "the LoRA must change the output"
 
 
-def _dequantized_sd(model) -> dict:
-    sd = {}
-    for key, value in model.model.diffusion_model.state_dict().items():
-        sd[key] = value.dequantize(torch.float32) if hasattr(value, "quant_type") else value.float()
-    return sd
-
-
 def _stored_weights(model, deltas):
     return {key: model.model.diffusion_model.get_submodule(key.rsplit(".", 1)[0]).weight for key, _, _ in deltas}
 
@@ -173,7 +166,7 @@ def test_gguf_lora_equals_dequantized_forward_plus_delta(fmt, gguf_model, dit_sd
     before = _stored_weights(gguf_model, deltas)
     patched, _, report = apply_lora(gguf_model, lora, 0.9)
     assert report.unmatched == []
-    reference = forward(dense_model(reference_state_dict(_dequantized_sd(gguf_model), deltas, 0.9)))
+    reference = forward(dense_model(reference_state_dict(dequantized_state_dict(gguf_model), deltas, 0.9)))
     assert_matches_reference(forward(patched), reference, forward(gguf_model))
     after = _stored_weights(patched, deltas)
     quantized = [key for key, weight in before.items() if isinstance(weight, QuantizedTensor)]
@@ -207,7 +200,7 @@ def test_stacked_loras_on_gguf_equal_dequantized_reference(gguf_model, dit_sd):
     """Three LoRAs (q/k/v slices, fused qkv, LoHa) stacked on a GGUF DiT, with negative and > 1 strengths."""
     stack = ((write_lora("musubi_kohya", dit_sd, seed=30), 1.4), (write_lora("comfyui", dit_sd, seed=31), -0.6),
              (write_loha(dit_sd, seed=32), 0.5))
-    model, sd = gguf_model, _dequantized_sd(gguf_model)
+    model, sd = gguf_model, dequantized_state_dict(gguf_model)
     for (lora, deltas), strength in stack:
         model, _, _ = apply_lora(model, lora, strength)
         sd = reference_state_dict(sd, deltas, strength)
@@ -219,7 +212,7 @@ def test_stacked_loras_on_gguf_equal_dequantized_reference(gguf_model, dit_sd):
 def test_core_lora_loader_model_only_still_works_on_the_pack_model(gguf_model, dit_sd, comfy_host):
     lora, deltas = write_lora("comfyui", dit_sd)
     core, _ = comfy_host["sd"].load_lora_for_models(gguf_model, None, lora, 1.0, 0)
-    reference = forward(dense_model(reference_state_dict(_dequantized_sd(gguf_model), deltas, 1.0)))
+    reference = forward(dense_model(reference_state_dict(dequantized_state_dict(gguf_model), deltas, 1.0)))
     assert_matches_reference(forward(core), reference, forward(gguf_model))
 
 
